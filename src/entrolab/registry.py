@@ -1,0 +1,145 @@
+"""One registry per axis: policy_loss, advantage, reward_shaper, token_filter, regularizer, aggregation.
+
+A method is a pure function over tensors plus its own frozen config dataclass. Register it with
+
+    @register("policy_loss", "ppo_clip", config=PPOClipConfig, paper="arXiv:1707.06347")
+    def ppo_clip(...): ...
+
+and look it up with ``get("policy_loss", "ppo_clip")``. An unknown name raises and lists the known ones; a
+``"package.module:function"`` string loads a user's own function (its config is the one it was registered
+with, or ``getattr(fn, "config", None)``).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any, Literal, get_args
+
+Axis = Literal["policy_loss", "advantage", "reward_shaper", "token_filter", "regularizer", "aggregation"]
+AXES: tuple[str, ...] = get_args(Axis)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A registered method: the function, its config class, and what `entrolab methods` prints."""
+
+    axis: str
+    name: str
+    fn: Callable[..., Any]
+    config: type | None
+    paper: str
+    summary: str
+    reconstructed: bool = False  # True when built from an abstract only (no equations or code available)
+    metrics: tuple[str, ...] = field(default_factory=tuple)  # the exact metric keys the function returns
+    needs: tuple[str, ...] = field(default_factory=tuple)  # extra inputs the caller must supply, e.g. "ref_logp"
+
+    def make_config(self, overrides: dict[str, Any] | None = None) -> Any:
+        """The method's frozen config with ``overrides`` applied; unknown keys raise, naming the allowed ones."""
+        overrides = dict(overrides or {})
+        if self.config is None:
+            if overrides:
+                raise ValueError(f"{self.axis} {self.name!r} takes no options, got {sorted(overrides)}")
+            return None
+        allowed = {f.name for f in fields(self.config)}
+        bad = sorted(set(overrides) - allowed)
+        if bad:
+            raise ValueError(
+                f"unknown option(s) {bad} for {self.axis} {self.name!r}; allowed: {sorted(allowed)}"
+            )
+        return self.config(**overrides)
+
+
+_REGISTRY: dict[str, dict[str, Entry]] = {axis: {} for axis in AXES}
+
+
+def _check_axis(axis: str) -> None:
+    if axis not in _REGISTRY:
+        raise ValueError(f"unknown axis {axis!r}; allowed: {list(AXES)}")
+
+
+def register(
+    axis: Axis,
+    name: str,
+    *,
+    config: type | None = None,
+    paper: str = "",
+    summary: str = "",
+    reconstructed: bool = False,
+    metrics: tuple[str, ...] = (),
+    needs: tuple[str, ...] = (),
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: register ``fn`` under ``axis``/``name``. The summary defaults to the docstring's first line."""
+    _check_axis(axis)
+    if config is not None and not (is_dataclass(config) and config.__dataclass_params__.frozen):  # type: ignore[attr-defined]
+        raise TypeError(f"config of {axis} {name!r} must be a frozen dataclass, got {config!r}")
+
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        if name in _REGISTRY[axis]:
+            raise ValueError(f"{axis} {name!r} is registered twice")
+        doc = (fn.__doc__ or "").strip().splitlines()
+        _REGISTRY[axis][name] = Entry(
+            axis=axis,
+            name=name,
+            fn=fn,
+            config=config,
+            paper=paper,
+            summary=summary or (doc[0] if doc else ""),
+            reconstructed=reconstructed,
+            metrics=tuple(metrics),
+            needs=tuple(needs),
+        )
+        return fn
+
+    return wrap
+
+
+def _load_user(axis: str, spec: str) -> Entry:
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ValueError(f"cannot import module {module_name!r} for {axis} {spec!r}: {e}") from e
+    # Importing may have registered it under some name: prefer that entry (it carries the config).
+    for entry in _REGISTRY[axis].values():
+        if entry.fn is getattr(module, attr, None):
+            return entry
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise ValueError(f"{spec!r}: module {module_name!r} has no callable {attr!r}")
+    doc = (fn.__doc__ or "").strip().splitlines()
+    return Entry(axis, spec, fn, getattr(fn, "config", None), "user", doc[0] if doc else "")
+
+
+def get(axis: Axis | str, name: str) -> Entry:
+    """The entry for ``name`` on ``axis``; ``"pkg.module:fn"`` loads a user's function."""
+    _check_axis(axis)
+    _ensure_loaded()
+    if ":" in name:
+        return _load_user(axis, name)
+    try:
+        return _REGISTRY[axis][name]
+    except KeyError:
+        known = ", ".join(sorted(_REGISTRY[axis])) or "(none)"
+        raise ValueError(
+            f"unknown {axis} {name!r}; known: {known} (or 'package.module:function' for your own)"
+        ) from None
+
+
+def names(axis: Axis | str) -> list[str]:
+    """Registered names on ``axis``, sorted."""
+    _check_axis(axis)
+    _ensure_loaded()
+    return sorted(_REGISTRY[axis])
+
+
+def entries() -> dict[str, list[Entry]]:
+    """Every registered entry, per axis, sorted by name."""
+    _ensure_loaded()
+    return {axis: [_REGISTRY[axis][n] for n in sorted(_REGISTRY[axis])] for axis in AXES}
+
+
+def _ensure_loaded() -> None:
+    # The built-in catalogue registers itself on import.
+    importlib.import_module("entrolab.methods")

@@ -61,7 +61,7 @@ def test_bad_model_paths_are_clear_errors(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(ModelLoadError, match="is a file"):
         load_policy(tmp_path / "file")
-    with pytest.raises(ModelLoadError, match="no config.json"):
+    with pytest.raises(ModelLoadError, match=r"no config\.json"):
         load_policy(tmp_path)
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(ModelLoadError, match="not valid JSON"):

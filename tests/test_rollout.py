@@ -12,8 +12,17 @@ PROMPTS = ["3+4=?\n", "12-7+1=?\n", "use 1 2 3 to make 6\n"]
 def test_rollout_logprobs_and_entropy_match_a_teacher_forced_pass(tiny, temperature, top_p):
     model, tok = tiny
     gen = torch.Generator().manual_seed(0)
-    r = generate(model, tok, PROMPTS, group_size=4, max_new_tokens=24, temperature=temperature, top_p=top_p,
-                 generator=gen, batch_size=5)  # fmt: skip
+    r = generate(
+        model,
+        tok,
+        PROMPTS,
+        group_size=4,
+        max_new_tokens=24,
+        temperature=temperature,
+        top_p=top_p,
+        generator=gen,
+        batch_size=5,
+    )
     assert r.response_ids.shape[0] == 12 and r.prompt_ids.shape[0] == 12
     with torch.no_grad():
         logp, ent = teacher_forced(model, r.prompt_ids, r.prompt_mask, r.response_ids, r.response_mask, temperature)
@@ -61,6 +70,7 @@ def test_sampling_is_seeded_and_group_layout_is_contiguous(tiny):
 
 def test_top_p_filter_keeps_the_smallest_nucleus():
     probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+
     def kept(p: float) -> list[bool]:
         return (_top_p_filter(probs, p) > 0)[0].tolist()
 
@@ -73,8 +83,15 @@ def test_top_p_filter_keeps_the_smallest_nucleus():
 
 def test_top_p_never_samples_outside_the_nucleus(tiny):
     model, tok = tiny
-    r = generate(model, tok, ["1"], group_size=64, max_new_tokens=1, top_p=0.3,
-                 generator=torch.Generator().manual_seed(0))  # fmt: skip
+    r = generate(
+        model,
+        tok,
+        ["1"],
+        group_size=64,
+        max_new_tokens=1,
+        top_p=0.3,
+        generator=torch.Generator().manual_seed(0),
+    )
     with torch.no_grad():
         z = model(torch.tensor([tok("1")["input_ids"]])).logits[0, -1]
     allowed = _top_p_filter(torch.softmax(z, -1)[None], 0.3)[0] > 0
@@ -92,8 +109,10 @@ def test_cat_pads_prompts_left_and_responses_right(tiny):
     assert torch.equal(c.response_mask.sum(-1), torch.cat([a.response_mask.sum(-1), b.response_mask.sum(-1)]))
 
 
-@pytest.mark.parametrize(("kw", "msg"), [({"temperature": 0}, "temperature"), ({"top_p": 0}, "top_p"),
-                                         ({"max_new_tokens": 0}, "max_new_tokens")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("kw", "msg"),
+    [({"temperature": 0}, "temperature"), ({"top_p": 0}, "top_p"), ({"max_new_tokens": 0}, "max_new_tokens")],
+)
 def test_bad_sampling_arguments(tiny, kw, msg):
     model, tok = tiny
     with pytest.raises(ValueError, match=msg):

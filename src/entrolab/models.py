@@ -101,6 +101,9 @@ def build_tiny_model(tokenizer, size: SizePreset = "tiny1m", seed: int = 0):  # 
 
 def save_policy(model, tokenizer, out: str | Path) -> Path:
     """``save_pretrained`` model and tokenizer into ``out`` (a normal HF model folder)."""
+    import transformers
+
+    transformers.logging.disable_progress_bar()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
@@ -133,6 +136,7 @@ def load_policy(path: str | Path, dtype: torch.dtype = torch.float32, device: st
         raise ModelLoadError(f"{cfg_file} is not valid JSON: {e}") from e
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
     try:
         tokenizer = AutoTokenizer.from_pretrained(p, padding_side="left")
         model = AutoModelForCausalLM.from_pretrained(p, dtype=dtype)

@@ -29,16 +29,21 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = False) -> t
     return var / (n - 1).clamp(min=1) if unbiased else var / n.clamp(min=1)
 
 
+def upcast(x: torch.Tensor) -> torch.Tensor:
+    """fp16/bf16 -> fp32 for numerically safe softmax maths; fp32 and fp64 stay as they are."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Full-distribution entropy H = logsumexp(z) - sum softmax(z) z, in fp32.  [..., V] -> [...]"""
-    logits = logits.float()
+    """Full-distribution entropy H = logsumexp(z) - sum softmax(z) z, in fp32 or wider.  [..., V] -> [...]"""
+    logits = upcast(logits)
     lse = torch.logsumexp(logits, dim=-1)
     return lse - (torch.softmax(logits, dim=-1) * logits).sum(-1)
 
 
 def logprobs_from_logits(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """log softmax(logits)[target] in fp32.  logits [..., V], targets [...] -> [...]"""
-    logits = logits.float()
+    """log softmax(logits)[target] in fp32 or wider.  logits [..., V], targets [...] -> [...]"""
+    logits = upcast(logits)
     return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
@@ -59,3 +64,62 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     for i in range(n - c + 1, n + 1):
         prob_all_wrong *= 1.0 - k / i
     return 1.0 - prob_all_wrong
+
+
+def discriminator_baseline_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """N = E_{j~p}[S_j] = sum_j p_j^2 (H + log p_j), the exact policy average of the entropy discriminator
+    S_j = p_j (H + log p_j) (arXiv:2602.03392), in fp32 or wider.  [..., V] -> [...]"""
+    logits = upcast(logits)
+    logp = torch.log_softmax(logits, dim=-1)
+    p2 = torch.exp(2 * logp)
+    entropy = -(logp.exp() * logp).sum(-1)
+    return entropy * p2.sum(-1) + (p2 * logp).sum(-1)
+
+
+def centred_product(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    mask: torch.Tensor,
+    x_mean: torch.Tensor | None = None,
+    y_mean: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """(x - mean x)(y - mean y) per entry, 0 where ``mask`` is 0; means over the masked entries unless given.
+
+    The per-token covariance of Cui et al. (arXiv:2505.22617); its masked mean is the sample Cov(x, y).
+    ``x`` / ``y`` broadcast to the mask's shape (e.g. advantages ``[B, 1]`` against ``[B, T]``).
+    """
+    keep = mask.bool()
+    x = torch.where(keep, x, torch.zeros((), dtype=x.dtype, device=x.device))  # [B, T]
+    y = torch.where(keep, y, torch.zeros((), dtype=y.dtype, device=y.device))  # [B, T]
+    x_mean = masked_mean(x, keep) if x_mean is None else x_mean
+    y_mean = masked_mean(y, keep) if y_mean is None else y_mean
+    return torch.where(keep, (x - x_mean) * (y - y_mean), torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+def topk_mask(scores: torch.Tensor, mask: torch.Tensor, k: int) -> torch.Tensor:
+    """Bool mask of the ``k`` largest ``scores`` among entries where ``mask`` is 1 (all of them if fewer).
+
+    Ties are broken by ``torch.topk``'s order; masked entries are never chosen, whatever their score.
+    """
+    keep = mask.bool()
+    k = min(int(k), int(keep.sum()))
+    out = torch.zeros(keep.numel(), dtype=torch.bool, device=keep.device)
+    if k > 0:
+        flat = torch.where(keep, scores, torch.full((), -torch.inf, dtype=scores.dtype, device=scores.device))
+        out[flat.flatten().topk(k).indices] = True
+    return out.view(keep.shape)
+
+
+def random_subset_mask(candidates: torch.Tensor, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Bool mask of ``n`` entries drawn uniformly without replacement from the True ``candidates`` (all if fewer).
+
+    As verl's Clip-Cov: candidates in row-major order, permuted by ``torch.randperm`` (the global RNG when
+    ``generator`` is None), the first ``n`` kept. The RNG is used only when there are candidates and n > 0.
+    """
+    flat = candidates.bool().flatten()
+    out = torch.zeros_like(flat)
+    idx = flat.nonzero().squeeze(-1)  # [M]
+    if n > 0 and idx.numel() > 0:
+        perm = torch.randperm(idx.numel(), generator=generator, device=generator.device if generator else idx.device)
+        out[idx[perm[:n]]] = True
+    return out.view(candidates.shape)

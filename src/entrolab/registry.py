@@ -1,4 +1,4 @@
-"""One registry per axis: policy_loss, advantage, reward_shaper, token_filter, regularizer, aggregation.
+"""One registry per axis: policy_loss, advantage, reward_shaper, token_filter, regularizer, aggregation, schedule.
 
 A method is a pure function over tensors plus its own frozen config dataclass. Register it with
 
@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Literal, get_args
 
-Axis = Literal["policy_loss", "advantage", "reward_shaper", "token_filter", "regularizer", "aggregation"]
+Axis = Literal["policy_loss", "advantage", "reward_shaper", "token_filter", "regularizer", "aggregation", "schedule"]
 AXES: tuple[str, ...] = get_args(Axis)
 
 
@@ -34,6 +34,7 @@ class Entry:
     reconstructed: bool = False  # True when built from an abstract only (no equations or code available)
     metrics: tuple[str, ...] = field(default_factory=tuple)  # the exact metric keys the function returns
     needs: tuple[str, ...] = field(default_factory=tuple)  # extra inputs the caller must supply, e.g. "ref_logp"
+    stats: Callable[..., Any] | None = None  # batch-wide statistics the caller computes once per minibatch
 
     def make_config(self, overrides: dict[str, Any] | None = None) -> Any:
         """The method's frozen config with ``overrides`` applied; unknown keys raise, naming the allowed ones."""
@@ -45,9 +46,7 @@ class Entry:
         allowed = {f.name for f in fields(self.config)}
         bad = sorted(set(overrides) - allowed)
         if bad:
-            raise ValueError(
-                f"unknown option(s) {bad} for {self.axis} {self.name!r}; allowed: {sorted(allowed)}"
-            )
+            raise ValueError(f"unknown option(s) {bad} for {self.axis} {self.name!r}; allowed: {sorted(allowed)}")
         return self.config(**overrides)
 
 
@@ -69,6 +68,7 @@ def register(
     reconstructed: bool = False,
     metrics: tuple[str, ...] = (),
     needs: tuple[str, ...] = (),
+    stats: Callable[..., Any] | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator: register ``fn`` under ``axis``/``name``. The summary defaults to the docstring's first line."""
     _check_axis(axis)
@@ -89,6 +89,7 @@ def register(
             reconstructed=reconstructed,
             metrics=tuple(metrics),
             needs=tuple(needs),
+            stats=stats,
         )
         return fn
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from entrolab.ops import entropy_from_logits, logprobs_from_logits
+from entrolab.ops import entropy_from_logits, logprobs_from_logits, upcast
 
 
 @dataclass
@@ -111,7 +111,14 @@ def _sample_chunk(
     cache = DynamicCache(config=model.config)
     am = prompt_mask.clone()
     pos = (am.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=prompt_ids, attention_mask=am, position_ids=pos, use_cache=True, logits_to_keep=1, **{kw: cache})
+    out = model(
+        input_ids=prompt_ids,
+        attention_mask=am,
+        position_ids=pos,
+        use_cache=True,
+        logits_to_keep=1,
+        **{kw: cache},
+    )
     logits = out.logits[:, -1].float()  # [b, V]
     pos = pos[:, -1:]
     ids, logps, ents, masks = [], [], [], []
@@ -235,5 +242,5 @@ def teacher_forced(
     Differentiable; masked positions hold whatever the model predicts there (callers mask them).
     -> logp [B, T], entropy [B, T]
     """
-    z = response_logits(model, prompt_ids, prompt_mask, response_ids, response_mask).float() / temperature
+    z = upcast(response_logits(model, prompt_ids, prompt_mask, response_ids, response_mask)) / temperature
     return logprobs_from_logits(z, response_ids), entropy_from_logits(z)

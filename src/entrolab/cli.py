@@ -1,0 +1,382 @@
+"""The ``entrolab`` command: pretrain, eval, train, demo, methods.
+
+Each sub-command's flags come from a typed dataclass (field docstrings are the ``--help`` text).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Literal
+
+USAGE = """usage: entrolab COMMAND [flags]   (entrolab COMMAND --help for the flags)
+
+commands:
+  pretrain   warm-start a tiny model on a task's imperfect demonstrations -> a HF model folder
+  eval       sample N completions per test prompt: accuracy, length, format errors, pass@k
+  train      RL post-training with a preset or a choice per axis; --resume RUN_DIR continues a run
+  demo       base model (cached) + GRPO training + eval, one command
+  methods    every registered method per axis, with its paper (--json for machine-readable)
+"""
+
+
+@dataclass(frozen=True)
+class PretrainArgs:
+    """Warm-start a tiny model on a task's deliberately imperfect demonstrations."""
+
+    task: str
+    """Task name: arithmetic or countdown (or jsonl with --task-path)."""
+    out: str
+    """Output folder (a normal Hugging Face model folder)."""
+    task_path: str | None = None
+    """For task=jsonl: the .jsonl file."""
+    size: Literal["tiny1m", "tiny10m"] = "tiny1m"
+    """Model size preset."""
+    steps: int | None = None
+    """Optimizer steps (default: the PretrainConfig default)."""
+    seed: int = 0
+    """Seed of the task splits, the weights and the demonstrations."""
+    threads: int = 2
+    """torch CPU threads."""
+    eval_samples: int = 16
+    """Samples per test prompt for the report after training (0: skip the evaluation)."""
+
+
+@dataclass(frozen=True)
+class EvalArgs:
+    """Sample N completions per prompt of a split and report accuracy, length, format errors and pass@k."""
+
+    model: str
+    """Local Hugging Face causal-LM folder."""
+    task: str
+    """Task name: arithmetic, countdown or jsonl."""
+    task_path: str | None = None
+    """For task=jsonl: the .jsonl file."""
+    split: Literal["train", "test"] = "test"
+    """Which split to evaluate."""
+    samples: int = 16
+    """Completions per prompt (N of pass@k)."""
+    limit: int | None = None
+    """Only the first N prompts of the split."""
+    max_new_tokens: int = 32
+    """Maximum completion length."""
+    temperature: float = 1.0
+    """Sampling temperature."""
+    top_p: float = 1.0
+    """Nucleus sampling mass."""
+    seed: int = 0
+    """Seed of the task splits and the sampling."""
+    threads: int = 2
+    """torch CPU threads."""
+    json: bool = False
+    """Print one JSON object on stdout instead of a table."""
+
+
+@dataclass(frozen=True)
+class DemoArgs:
+    """Base model (built once and cached) + GRPO training + evaluation of base and final, one command."""
+
+    out: str = "runs/demo"
+    """Run folder."""
+    task: str = "arithmetic"
+    """Task to learn."""
+    steps: int = 150
+    """GRPO steps."""
+    cache: str | None = None
+    """Where base models are cached (default: $ENTROLAB_CACHE or ~/.cache/entrolab)."""
+    seed: int = 0
+    """Seed of the base model and the run."""
+    progress: bool = True
+    """Show a live progress bar."""
+
+
+def _tyro(cls, args: list[str], default=None, prog: str = "entrolab"):
+    """Parse flags into ``cls``; validation (``__post_init__``) runs once, after parsing, with our messages."""
+    import tyro
+
+    from entrolab.config import unvalidated
+
+    with unvalidated():
+        raw = tyro.cli(cls, args=args, default=default, prog=prog)
+    return replace(raw)
+
+
+def _setup(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _make_task(name: str, seed: int, task_path: str | None):
+    from entrolab.tasks import make_task
+
+    return make_task(name, seed=seed, **({"path": task_path} if name == "jsonl" else {}))
+
+
+def _table(title: str, rows: dict[str, float]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=title)
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    for k, v in rows.items():
+        t.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+    Console().print(t)
+
+
+# --- commands ---------------------------------------------------------------------------------------------
+def cmd_pretrain(argv: list[str]) -> int:
+    from entrolab.evaluate import evaluate
+    from entrolab.models import load_policy
+    from entrolab.pretrain import PretrainConfig, pretrain
+
+    args = _tyro(PretrainArgs, argv, prog="entrolab pretrain")
+    _setup(args.threads)
+    task = _make_task(args.task, args.seed, args.task_path)
+    cfg = PretrainConfig(size=args.size, seed=args.seed, **({"steps": args.steps} if args.steps else {}))
+    t0 = time.perf_counter()
+    stats = pretrain(task, args.out, cfg, log=_pretrain_logger(cfg.steps))
+    print(
+        f"pretrained {stats['parameters']:,} parameters on {args.task} in {stats['seconds']:.1f} s "
+        f"(final loss {stats['final_loss']:.3f}) -> {args.out}"
+    )
+    if args.eval_samples:
+        model, tok = load_policy(args.out)
+        ev = evaluate(model, tok, task, samples=args.eval_samples, seed=args.seed)
+        stats["eval"] = ev
+        stats["total_seconds"] = time.perf_counter() - t0
+        (Path(args.out) / "pretrain.json").write_text(json.dumps(stats, indent=2))
+        _table(f"base policy on {args.task} (test split)", ev)
+    return 0
+
+
+def _pretrain_logger(total: int):
+    def log(step: int, loss: float) -> None:
+        if step % 100 == 0 or step == total:
+            print(f"  step {step}/{total}  loss {loss:.3f}", flush=True)
+
+    return log
+
+
+def cmd_eval(argv: list[str]) -> int:
+    from entrolab.evaluate import evaluate
+    from entrolab.models import load_policy
+
+    args = _tyro(EvalArgs, argv, prog="entrolab eval")
+    _setup(args.threads)
+    task = _make_task(args.task, args.seed, args.task_path)
+    model, tok = load_policy(args.model)
+    ev = evaluate(
+        model,
+        tok,
+        task,
+        split=args.split,
+        samples=args.samples,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+        limit=args.limit,
+    )
+    if args.json:
+        print(json.dumps(ev))
+    else:
+        _table(f"{args.model} on {args.task} ({args.split} split, {args.samples} samples/prompt)", ev)
+    return 0
+
+
+def _pop_flag(argv: list[str], flag: str) -> tuple[str | None, list[str]]:
+    """Remove ``--flag VALUE`` / ``--flag=VALUE`` from argv; returns (value or None, rest)."""
+    rest, value, i = [], None, 0
+    while i < len(argv):
+        a = argv[i]
+        if a == flag:
+            if i + 1 >= len(argv):
+                raise ValueError(f"{flag} needs a value")
+            value, i = argv[i + 1], i + 2
+            continue
+        if a.startswith(flag + "="):
+            value = a.split("=", 1)[1]
+        else:
+            rest.append(a)
+        i += 1
+    return value, rest
+
+
+def cmd_train(argv: list[str]) -> int:
+    from entrolab.config import TrainConfig, base_config
+    from entrolab.trainer import train
+
+    resume, argv = _pop_flag(argv, "--resume")
+    if resume is not None:
+        path = Path(resume) / "config.json"
+        if not path.is_file():
+            raise ValueError(f"--resume {resume!r}: no config.json there (is it a run folder?)")
+        if not (Path(resume) / "checkpoint.pt").is_file():
+            raise ValueError(f"--resume {resume!r}: no checkpoint.pt there yet; start the run again instead")
+        saved = TrainConfig.from_json(json.loads(path.read_text()))
+        allowed = {"--steps", "--progress", "--no-progress", "--threads"}
+        bad = [a.split("=")[0] for a in argv if a.startswith("--") and a.split("=")[0] not in allowed]
+        if bad:
+            raise ValueError(f"--resume takes the saved config; flags {bad} are not allowed (only {sorted(allowed)})")
+        cfg = _tyro(TrainConfig, argv, default=saved, prog="entrolab train --resume")
+        summary = train(cfg, resume=True)
+    else:
+        toml_path, argv = _pop_flag(argv, "--config")
+        preset, _ = _pop_flag(list(argv), "--preset")
+        cfg = _tyro(TrainConfig, argv, default=base_config(preset, toml_path), prog="entrolab train")
+        if not cfg.model:
+            raise ValueError("--model is required: a local Hugging Face model folder (e.g. from entrolab pretrain)")
+        summary = train(cfg)
+    _print_summary(summary)
+    return 0
+
+
+def _print_summary(summary: dict) -> None:
+    base, final = summary["base_eval"], summary["final_eval"]
+    keys = [k for k in final if k.startswith(("pass@", "maj@"))] + [
+        "accuracy",
+        "entropy",
+        "mean_length",
+        "format_error_rate",
+    ]
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(
+        title=f"{summary['config']['out']}: {summary['steps']} steps, {summary['wall_time_s']:.0f} s "
+        f"({summary['s_per_step']:.2f} s/step)"
+    )
+    for col in ("metric", "base", "final", "change"):
+        t.add_column(col, justify="left" if col == "metric" else "right")
+    for k in keys:
+        t.add_row(k, f"{base[k]:.3f}", f"{final[k]:.3f}", f"{final[k] - base[k]:+.3f}")
+    Console().print(t)
+
+
+def default_cache() -> Path:
+    return Path(os.environ.get("ENTROLAB_CACHE", Path.home() / ".cache" / "entrolab"))
+
+
+def cmd_demo(argv: list[str]) -> int:
+    from entrolab.config import base_config
+    from entrolab.pretrain import PretrainConfig, pretrain
+    from entrolab.trainer import train
+
+    args = _tyro(DemoArgs, argv, prog="entrolab demo")
+    _setup(2)
+    t0 = time.perf_counter()
+    pcfg = PretrainConfig(seed=args.seed)
+    key = hashlib.sha256(json.dumps([args.task, asdict(pcfg)], sort_keys=True).encode()).hexdigest()[:12]
+    base = Path(args.cache) if args.cache else default_cache()
+    base = base / "base" / f"{args.task}-{pcfg.size}-{key}"
+    if (base / "config.json").is_file() and (base / "model.safetensors").is_file():
+        print(f"using cached base model {base}")
+    else:
+        print(f"building the base model for {args.task} -> {base}")
+        tmp = base.with_name(base.name + f".tmp{os.getpid()}")
+        pretrain(_make_task(args.task, args.seed, None), tmp, pcfg, log=_pretrain_logger(pcfg.steps))
+        if base.exists():  # another process built it meanwhile
+            shutil.rmtree(tmp)
+        else:
+            tmp.replace(base)
+    cfg = replace(
+        base_config("grpo"),
+        model=str(base),
+        task=args.task,
+        out=args.out,
+        steps=args.steps,
+        seed=args.seed,
+        progress=args.progress,
+    )
+    summary = train(cfg)
+    _print_summary(summary)
+    print(f"demo wall time {time.perf_counter() - t0:.0f} s; run folder {args.out}")
+    return 0
+
+
+def cmd_methods(argv: list[str]) -> int:
+    from entrolab import registry
+
+    as_json = "--json" in argv
+    bad = [a for a in argv if a != "--json"]
+    if bad:
+        raise ValueError(f"entrolab methods takes only --json, got {bad}")
+    entries = registry.entries()
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    axis: [
+                        {
+                            "name": e.name,
+                            "paper": e.paper,
+                            "summary": e.summary,
+                            "reconstructed": e.reconstructed,
+                        }
+                        for e in es
+                    ]
+                    for axis, es in entries.items()
+                },
+                indent=2,
+            )
+        )
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="registered methods")
+    for col in ("axis", "name", "paper", "summary"):
+        t.add_column(col)
+    for axis, es in entries.items():
+        for e in es:
+            t.add_row(axis, e.name, e.paper + (" (reconstructed)" if e.reconstructed else ""), e.summary)
+    Console(width=200).print(t)
+    from entrolab.config import PRESETS
+
+    print("presets: " + ", ".join(sorted(PRESETS)))
+    return 0
+
+
+COMMANDS = {
+    "pretrain": cmd_pretrain,
+    "eval": cmd_eval,
+    "train": cmd_train,
+    "demo": cmd_demo,
+    "methods": cmd_methods,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    cmd = COMMANDS.get(argv[0])
+    if cmd is None:
+        print(f"entrolab: unknown command {argv[0]!r}; known: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    from entrolab.models import ModelLoadError
+    from entrolab.rewards import RewardError
+
+    try:
+        return cmd(argv[1:])
+    except RewardError as e:
+        print(f"entrolab: reward error: {e}", file=sys.stderr)
+        return 1
+    except (ValueError, ModelLoadError, FileNotFoundError) as e:
+        print(f"entrolab: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

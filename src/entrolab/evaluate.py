@@ -1,0 +1,100 @@
+"""``entrolab eval``: N samples per test prompt, accuracy, length, format errors, unbiased pass@k and maj@k."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+import torch
+
+from entrolab.ops import masked_mean, pass_at_k
+from entrolab.rewards import score_completions
+from entrolab.rollout import Rollout, generate
+from entrolab.tasks import Example, Task
+
+KS = (1, 2, 4, 8, 16)
+
+
+def decode_completions(tokenizer, rollout: Rollout) -> list[str]:
+    """Completion text of every sequence: generated tokens up to (not including) EOS."""
+    ids = rollout.response_ids.masked_fill(rollout.response_mask == 0, tokenizer.pad_token_id)
+    return tokenizer.batch_decode(ids, skip_special_tokens=True)
+
+
+def passk_from_counts(correct: Sequence[int], n: int, ks: Sequence[int] = KS) -> dict[str, float]:
+    """Mean unbiased pass@k over problems, given each problem's number of right samples out of ``n``."""
+    return {f"pass@{k}": sum(pass_at_k(n, c, k) for c in correct) / max(len(correct), 1) for k in ks if k <= n}
+
+
+def majority_at_k(answers: Sequence[Sequence[str | None]], rights: Sequence[Sequence[bool]]) -> float:
+    """maj@n: fraction of problems whose most frequent non-None answer is a right one (ties: first seen)."""
+    hits = 0
+    for ans, ok in zip(answers, rights, strict=True):
+        votes = Counter(a for a in ans if a is not None)
+        if not votes:
+            continue
+        top = votes.most_common(1)[0][0]
+        hits += any(r for a, r in zip(ans, ok, strict=True) if a == top)
+    return hits / max(len(answers), 1)
+
+
+@torch.no_grad()
+def evaluate(
+    model,
+    tokenizer,
+    task: Task,
+    *,
+    split: str = "test",
+    samples: int = 16,
+    max_new_tokens: int = 32,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    limit: int | None = None,
+    batch_size: int = 256,
+) -> dict[str, float]:
+    """Sample ``samples`` completions per prompt of ``split`` and report:
+
+    ``accuracy`` (mean over all samples), ``mean_length`` (generated tokens, EOS included),
+    ``format_error_rate``, ``truncated_rate``, ``entropy`` (mean full-distribution token entropy),
+    ``pass@k`` for k in {1, 2, 4, 8, 16} with k <= samples (unbiased estimator), ``maj@N``, ``n_prompts``.
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if samples < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}")
+    examples: list[Example] = list(task.test if split == "test" else task.train)
+    if limit is not None:
+        examples = examples[:limit]
+    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    rollout = generate(
+        model,
+        tokenizer,
+        [task.prompt(e) for e in examples],
+        group_size=samples,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        generator=gen,
+        batch_size=batch_size,
+    )
+    texts = decode_completions(tokenizer, rollout)
+    flat_examples = [e for e in examples for _ in range(samples)]
+    scores = score_completions(texts, flat_examples, task.verify, on_error="raise")
+    right = scores.right.view(len(examples), samples)
+    answers = [
+        [task.extract_answer(t, e) for t in texts[i * samples : (i + 1) * samples]] for i, e in enumerate(examples)
+    ]
+    mask = rollout.response_mask
+    out = {
+        "accuracy": float(scores.right.float().mean()),
+        "mean_length": float(rollout.lengths.float().mean()),
+        "format_error_rate": float(scores.format_error.float().mean()),
+        "truncated_rate": float(rollout.truncated.float().mean()),
+        "entropy": float(masked_mean(rollout.entropy, mask)),
+        **passk_from_counts(right.sum(1).tolist(), samples),
+        f"maj@{samples}": majority_at_k(answers, right.tolist()),
+        "n_prompts": float(len(examples)),
+        "samples": float(samples),
+    }
+    return out

@@ -1,0 +1,123 @@
+"""Warm-start a tiny policy by supervised training on a task's deliberately imperfect demonstrations.
+
+The demonstrations mix right, wrong and badly formatted completions (the task's ``demo_mix``), so the base
+policy solves some problems some of the time: RL has room to improve and pass@k has something to show.
+The result is a normal Hugging Face model folder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from entrolab.models import SIZES, SizePreset, build_tiny_model, build_tokenizer, num_parameters, save_policy
+from entrolab.tasks import Task
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Supervised warm start of a tiny model on demonstrations."""
+
+    size: SizePreset = "tiny1m"
+    """Model size preset."""
+    steps: int = 800
+    """Optimizer steps."""
+    batch_size: int = 64
+    """Demonstrations per step."""
+    lr: float = 3e-3
+    """Peak AdamW learning rate (linear warm-up, cosine decay to 10 %)."""
+    warmup: int = 40
+    """Warm-up steps."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    seed: int = 0
+    """Seed of the initial weights and the demonstration stream."""
+
+    def __post_init__(self) -> None:
+        if self.size not in SIZES:
+            raise ValueError(f"size must be one of {sorted(SIZES)}, got {self.size!r}")
+        for name in ("steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.warmup < 0:
+            raise ValueError(f"warmup must be >= 0, got {self.warmup}")
+
+
+def _batch(tokenizer, task: Task, rng: random.Random, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """n (prompt + demonstration + EOS) sequences, right-padded; labels are -100 outside the completion."""
+    seqs, labels = [], []
+    for _ in range(n):
+        ex = task.train[rng.randrange(len(task.train))]
+        p = tokenizer(task.prompt(ex))["input_ids"]
+        c = tokenizer(task.demonstration(ex, rng), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        seqs.append(p + c)
+        labels.append([-100] * len(p) + c)
+    width = max(len(s) for s in seqs)
+    ids = torch.full((n, width), tokenizer.pad_token_id)
+    lab = torch.full((n, width), -100)
+    for i, (s, lb) in enumerate(zip(seqs, labels, strict=True)):
+        ids[i, : len(s)] = torch.tensor(s)
+        lab[i, : len(lb)] = torch.tensor(lb)
+    return ids, lab
+
+
+def lr_lambda(warmup: int, total: int, floor: float = 0.1) -> Callable[[int], float]:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to ``floor`` of the peak at ``total``."""
+
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(total - warmup, 1)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return f
+
+
+def pretrain(
+    task: Task,
+    out: str | Path,
+    cfg: PretrainConfig = PretrainConfig(),
+    log: Callable[[int, float], None] | None = None,
+) -> dict:
+    """Train a tiny model on ``task``'s demonstrations and save it to ``out``; returns the run's stats."""
+    torch.manual_seed(cfg.seed)
+    tokenizer = build_tokenizer()
+    model = build_tiny_model(tokenizer, cfg.size, seed=cfg.seed)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.warmup, cfg.steps))
+    rng = random.Random(cfg.seed)
+    t0 = time.perf_counter()
+    losses = []
+    for step in range(cfg.steps):
+        ids, labels = _batch(tokenizer, task, rng, cfg.batch_size)
+        loss = model(input_ids=ids, attention_mask=(ids != tokenizer.pad_token_id).long(), labels=labels).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        if log is not None:
+            log(step + 1, float(loss))
+    seconds = time.perf_counter() - t0
+    save_policy(model, tokenizer, out)
+    stats = {
+        "task": task.name,
+        "config": asdict(cfg),
+        "parameters": num_parameters(model),
+        "seconds": seconds,
+        "final_loss": sum(losses[-20:]) / len(losses[-20:]),
+        "loss_curve": losses[:: max(1, len(losses) // 50)],
+    }
+    (Path(out) / "pretrain.json").write_text(json.dumps(stats, indent=2))
+    return stats

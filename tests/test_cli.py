@@ -1,0 +1,161 @@
+"""The real command line, run as a user runs it (subprocesses), on a random tiny model."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+
+
+def entrolab(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [sys.executable, "-m", "entrolab.cli", *args],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        cwd=ROOT,
+        timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+    return proc
+
+
+def test_methods_json_lists_every_axis_with_papers():
+    out = json.loads(entrolab("methods", "--json").stdout)
+    assert set(out) >= {"policy_loss", "advantage", "reward_shaper", "token_filter", "regularizer", "aggregation"}
+    names = {axis: {m["name"] for m in ms} for axis, ms in out.items()}
+    assert {"grpo", "dr_grpo", "rloo"} <= names["advantage"]
+    assert "ppo_clip" in names["policy_loss"]
+    assert {"token-mean", "token-sum", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"} == (
+        names["aggregation"]
+    )
+    grpo = next(m for m in out["advantage"] if m["name"] == "grpo")
+    assert grpo["paper"] == "arXiv:2402.03300" and grpo["summary"]
+
+
+def test_eval_json_prints_one_object_with_the_documented_keys(tiny_dir):
+    proc = entrolab(
+        "eval",
+        "--model",
+        str(tiny_dir),
+        "--task",
+        "countdown",
+        "--samples",
+        "4",
+        "--limit",
+        "5",
+        "--max-new-tokens",
+        "8",
+        "--json",
+    )
+    out = json.loads(proc.stdout)
+    assert {"pass@1", "pass@2", "pass@4", "accuracy", "mean_length", "format_error_rate"} <= set(out)
+    assert "pass@8" not in out  # k > samples is not reported
+    assert out["n_prompts"] == 5
+
+
+@pytest.mark.parametrize(
+    ("args", "msg"),
+    [
+        (["train", "--model", "nowhere", "--task", "arithmetic"], "model path 'nowhere' does not exist"),
+        (["train", "--model", "x", "--lr", "-0.1"], "lr must be > 0, got -0.1"),
+        (["train", "--model", "x", "--group-size", "1"], "group_size must be >= 2, got 1"),
+        (["train", "--model", "x", "--task", "chess"], "unknown task 'chess'; known: arithmetic, countdown, jsonl"),
+        (["train", "--model", "x", "--aggregation", "avg"], "unknown aggregation 'avg'; known:"),
+        (["train", "--model", "x", "--advantage", "gae"], "unknown advantage 'gae'; known: dr_grpo, grpo, rloo"),
+        (["eval", "--model", "nowhere", "--task", "arithmetic"], "model path 'nowhere' does not exist"),
+        (["train", "--resume", "nowhere"], "no config.json there"),
+        (["frobnicate"], "unknown command 'frobnicate'"),
+    ],
+)
+def test_bad_input_is_one_clear_line_not_a_traceback(args, msg):
+    proc = entrolab(*args, check=False, timeout=120)
+    assert proc.returncode == 2
+    assert msg in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+TRAIN = [
+    "--task",
+    "arithmetic",
+    "--steps",
+    "10",
+    "--prompts-per-step",
+    "4",
+    "--group-size",
+    "4",
+    "--max-new-tokens",
+    "10",
+    "--eval-every",
+    "5",
+    "--eval-samples",
+    "2",
+    "--eval-prompts",
+    "4",
+    "--save-every",
+    "2",
+    "--threads",
+    "1",
+    "--no-progress",
+    "--reward-fn",
+    "tests.test_trainer:digit_frac",
+]
+VOLATILE = ("time/", "throughput/")
+
+
+def metric_lines(run: Path) -> list[dict]:
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if not k.startswith(VOLATILE)} for r in rows]
+
+
+def wait_for_step(run: Path, proc: subprocess.Popen, step: int) -> None:
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        path = run / "metrics.jsonl"
+        if path.exists() and any(json.loads(x)["step"] >= step for x in path.read_text().splitlines() if x.strip()):
+            return
+        time.sleep(0.02)
+    raise AssertionError("timed out")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_killed_and_resumed_run_ends_bit_identical_to_an_uninterrupted_one(tiny_dir, tmp_path, sig):
+    ref, cut = tmp_path / "ref", tmp_path / "cut"
+    entrolab("train", "--model", str(tiny_dir), "--out", str(ref), *TRAIN)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "entrolab.cli", "train", "--model", str(tiny_dir), "--out", str(cut), *TRAIN],
+        env=ENV,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    wait_for_step(cut, proc, 5)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    if sig == signal.SIGKILL:
+        assert proc.returncode == -signal.SIGKILL
+    else:  # SIGTERM: checkpoint at the current step, a resume hint, exit 143
+        assert proc.returncode == 143, err
+        assert b"entrolab train --resume" in err or b"--resume" in err
+    assert (cut / "checkpoint.pt").is_file() and not (cut / "checkpoint.pt.tmp").exists()
+    assert not (cut / "summary.json").exists()
+    entrolab("train", "--resume", str(cut))
+    a, b = load_file(ref / "final" / "model.safetensors"), load_file(cut / "final" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert metric_lines(ref) == metric_lines(cut)
+    assert [r["step"] for r in metric_lines(cut)] == list(range(11))

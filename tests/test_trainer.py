@@ -1,0 +1,175 @@
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+from entrolab import registry
+from entrolab.config import TrainConfig, base_config
+from entrolab.trainer import Methods, minibatch_loss_backward, prompts_at, train
+
+AGG_MODES = registry.names("aggregation")
+
+
+def small_cfg(model_dir, out, **kw) -> TrainConfig:
+    base = dict(
+        model=str(model_dir),
+        task="arithmetic",
+        out=str(out),
+        steps=3,
+        prompts_per_step=4,
+        group_size=4,
+        max_new_tokens=12,
+        eval_every=0,
+        eval_samples=2,
+        eval_prompts=4,
+        save_every=1,
+        progress=False,
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def fake_batch(model, tok, b: int = 16, seed: int = 0):
+    """A rollout of the tiny model with rewards and group advantages, as the trainer would build it."""
+    from entrolab.rollout import generate
+
+    g = torch.Generator().manual_seed(seed)
+    prompts = [f"{i}+{i + 1}-3=?\n" for i in range(b // 4)]
+    r = generate(model, tok, prompts, group_size=4, max_new_tokens=10, generator=g)
+    adv = torch.randn(b, 1, generator=g)
+    return r, adv
+
+
+def grads(model) -> torch.Tensor:
+    return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+
+@pytest.mark.parametrize("mode", AGG_MODES)
+def test_four_accumulated_micro_batches_give_the_gradient_of_one_big_batch(tiny_dir, tmp_path, mode):
+    """Gradient accumulation never changes the loss normalisation (1e-6), for every aggregation mode."""
+    from entrolab.models import load_policy
+
+    model, tok = load_policy(tiny_dir)
+    r, adv = fake_batch(model, tok)
+    # float64, so that the check is about normalisation and not about fp32 summation order
+    model.double()
+    r.logp, r.response_mask = r.logp.double(), r.response_mask.double()
+    # perturb old log-probs so that some ratios are clipped and the check covers both PPO branches
+    noise = torch.randn(r.logp.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    r.logp = r.logp + 0.3 * noise * r.response_mask
+    cfg = small_cfg(tiny_dir, tmp_path, aggregation=mode, regularizers=("entropy_bonus",))
+    out = {}
+    for mb in (None, 4):
+        model.zero_grad(set_to_none=True)
+        c = replace(cfg, micro_batch_size=mb)
+        metrics = minibatch_loss_backward(model, None, Methods(c), c, r, adv, r.response_mask,
+                                          torch.ones_like(r.response_mask), norm_len=12.0)  # fmt: skip
+        out[mb] = (grads(model).clone(), metrics)
+    full, micro = out[None][0], out[4][0]
+    assert full.abs().max() > 1e-4  # a real gradient
+    assert torch.allclose(full, micro, atol=1e-6, rtol=0), (full - micro).abs().max()
+    assert out[None][1]["loss/total"] == pytest.approx(out[4][1]["loss/total"], abs=1e-6)
+    assert out[None][1]["clip/frac_low"] + out[None][1]["clip/frac_high"] > 0  # some tokens were clipped
+
+
+def test_data_order_is_a_pure_function_of_seed_and_position():
+    from entrolab.tasks import make_task
+
+    task = make_task("arithmetic", seed=0)
+    a = prompts_at(task, 0, 0, 10)
+    assert prompts_at(task, 0, 4, 6) == a[4:]
+    assert prompts_at(task, 1, 0, 10) != a
+    n = len(task.train)  # a whole epoch visits every training example once
+    assert len({e.id for e in prompts_at(task, 0, 0, n)}) == n
+
+
+def test_train_writes_metrics_summary_and_final_model(tiny_dir, tmp_path):
+    cfg = small_cfg(tiny_dir, tmp_path / "run", steps=2, eval_every=1, regularizers=("kl",))
+    summary = train(cfg, log=lambda *a: None)
+    run = tmp_path / "run"
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [0, 1, 2]
+    step = lines[1]
+    for key in ("reward/mean", "reward/accuracy", "entropy/token_mean", "entropy/sampled_nll", "len/mean",
+                "clip/frac_low", "clip/frac_high", "kl/ref_mean", "adv/mean", "grad_norm", "lr", "time/rollout",
+                "time/update", "throughput/tokens_per_s", "eval/pass@1", "eval/pass@2", "loss/total"):  # fmt: skip
+        assert key in step, key
+    assert step["kl/ref_mean"] == pytest.approx(0.0, abs=1e-6)  # first update: policy == reference
+    assert step["lr"] == pytest.approx(1e-3)
+    assert set(summary) >= {"base_eval", "final_eval", "wall_time_s", "config"}
+    assert json.loads((run / "summary.json").read_text())["final_eval"] == summary["final_eval"]
+    assert json.loads((run / "config.json").read_text())["regularizers"] == ["kl"]
+    assert (run / "final" / "model.safetensors").is_file() and (run / "checkpoint.pt").is_file()
+
+
+def test_training_changes_every_parameter(tiny_dir, tmp_path):
+    from entrolab.models import load_policy
+
+    before = {k: v.clone() for k, v in load_policy(tiny_dir)[0].state_dict().items()}
+    # a random model never answers, so reward the fraction of digits instead (varied rewards, real gradients)
+    train(small_cfg(tiny_dir, tmp_path / "run", steps=2, reward_fn="tests.test_trainer:digit_frac"), log=print)
+    after = load_policy(tmp_path / "run" / "final")[0].state_dict()
+    unchanged = [k for k in before if torch.equal(before[k], after[k]) and "rotary" not in k]
+    assert unchanged == []
+
+
+def digit_frac(completion, example):
+    return sum(c.isdigit() for c in completion) / max(len(completion), 1)
+
+
+def raising_reward(completion, example):
+    if example.prompt.startswith("1"):
+        raise RuntimeError("boom")
+    return 0.5
+
+
+def test_a_raising_reward_function_stops_the_run_with_the_example(tiny_dir, tmp_path):
+    from entrolab.rewards import RewardError
+
+    cfg = small_cfg(tiny_dir, tmp_path / "run", reward_fn="tests.test_trainer:raising_reward", prompts_per_step=16)
+    with pytest.raises(RewardError, match=r"(?s)example 'arithmetic:1.*prompt: '1.*RuntimeError: boom"):
+        train(cfg, log=lambda *a: None)
+
+
+def test_skip_drops_errored_samples_and_counts_them(tiny_dir, tmp_path):
+    cfg = small_cfg(tiny_dir, tmp_path / "run", reward_fn="tests.test_trainer:raising_reward",
+                    on_reward_error="skip", steps=1, prompts_per_step=16)  # fmt: skip
+    train(cfg, log=lambda *a: None)
+    line = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[1])
+    task_prompts = prompts_at(__import__("entrolab.tasks", fromlist=["make_task"]).make_task("arithmetic"), 0, 0, 16)
+    expected = 4 * sum(e.prompt.startswith("1") for e in task_prompts)
+    assert expected > 0
+    assert line["reward/errors"] == expected
+
+
+@pytest.mark.parametrize(
+    ("kw", "msg"),
+    [
+        ({"lr": -1.0}, "lr must be > 0, got -1.0"),
+        ({"group_size": 1}, "group_size must be >= 2"),
+        ({"task": "chess"}, "unknown task 'chess'; known: arithmetic, countdown, jsonl"),
+        ({"aggregation": "mean"}, "unknown aggregation 'mean'; known: seq-mean-token-mean"),
+        ({"policy_loss": "ppo"}, "unknown policy_loss 'ppo'; known:"),
+        ({"options": ("ppo_clip.eps=0.1",)}, "unknown option"),
+        ({"options": ("kl.coef=0.1",)}, "which this run does not use"),
+        ({"minibatches": 3}, "minibatches=3 must divide"),
+        ({"preset": "ppo"}, "unknown preset 'ppo'"),
+    ],
+)
+def test_bad_values_fail_before_any_work_naming_the_value(kw, msg):
+    with pytest.raises(ValueError, match=msg.replace("(", r"\(").replace(")", r"\)")):
+        TrainConfig(**kw)
+
+
+def test_presets_and_toml_and_overrides(tmp_path):
+    assert base_config("dapo").aggregation == "token-mean"
+    assert "overlong_filter" in base_config("dapo").token_filters
+    assert base_config("dr_grpo").advantage == "dr_grpo"
+    toml = tmp_path / "run.toml"
+    toml.write_text('preset = "dapo"\nsteps = 7\n[options.ppo_clip]\neps_high = 0.3\n')
+    cfg = base_config(None, str(toml))
+    assert cfg.steps == 7 and cfg.preset == "dapo" and cfg.options == ("ppo_clip.eps_high=0.3",)
+    assert cfg.method_options()["ppo_clip"] == {"eps_high": 0.3}

@@ -37,6 +37,42 @@ minibatch on rollout-time tensors) as an extra keyword argument ``stats: dict[st
 
 from __future__ import annotations
 
-from entrolab.methods import advantages, aggregation, filters, policy_loss, regularizers, shapers
+from entrolab.methods import (
+    advantages,
+    aepo,
+    aggregation,
+    covariance,
+    discriminator,
+    epo,
+    filters,
+    forking,
+    light_if,
+    policy_loss,
+    regularizers,
+    safe,
+    schedules,
+    shapers,
+    siren,
+    spear,
+    steer,
+)
 
-__all__ = ["advantages", "aggregation", "filters", "policy_loss", "regularizers", "shapers"]
+__all__ = [
+    "advantages",
+    "aepo",
+    "aggregation",
+    "covariance",
+    "discriminator",
+    "epo",
+    "filters",
+    "forking",
+    "light_if",
+    "policy_loss",
+    "regularizers",
+    "safe",
+    "schedules",
+    "shapers",
+    "siren",
+    "spear",
+    "steer",
+]

@@ -1,0 +1,64 @@
+"""Base policies of `entrolab pretrain` at default settings: time, pass@1 and pass@16 per task.
+
+    python benchmarks/base_policy.py [arithmetic countdown]   # writes benchmarks/results/base_policy.json and .md
+
+Targets (issue 2): test-split pass@1 in [0.05, 0.40], pass@16 >= 2 x pass@1, pretrain under 3 minutes on
+2 CPU cores. Run it on a quiet machine: other processes using the cores slow torch down several-fold.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from entrolab.evaluate import evaluate
+from entrolab.models import load_policy
+from entrolab.pretrain import PretrainConfig, pretrain
+from entrolab.tasks import make_task
+
+OUT = Path(__file__).parent / "results"
+
+
+def main(tasks: list[str]) -> None:
+    torch.set_num_threads(2)
+    rows = []
+    for name in tasks:
+        task = make_task(name, seed=0)
+        with tempfile.TemporaryDirectory() as d:
+            t0 = time.perf_counter()
+            stats = pretrain(task, d, PretrainConfig())
+            model, tok = load_policy(d)
+            ev = evaluate(model, tok, task, samples=16, seed=0)
+            total = time.perf_counter() - t0
+        rows.append(
+            {
+                "task": name,
+                "pretrain_s": stats["seconds"],
+                "pretrain_plus_eval_s": total,
+                "final_loss": stats["final_loss"],
+                **{k: ev[k] for k in ("pass@1", "pass@16", "format_error_rate", "mean_length", "entropy")},
+            }
+        )
+        print(rows[-1], flush=True)
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "base_policy.json").write_text(json.dumps({"config": PretrainConfig().__dict__, "results": rows}, indent=2))
+    lines = [
+        "| task | pretrain s | pass@1 | pass@16 | format errors | mean length | entropy |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['task']} | {r['pretrain_s']:.0f} | {r['pass@1']:.3f} | {r['pass@16']:.3f} | "
+            f"{r['format_error_rate']:.3f} | {r['mean_length']:.1f} | {r['entropy']:.3f} |"
+        )
+    (OUT / "base_policy.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:] or ["arithmetic", "countdown"])

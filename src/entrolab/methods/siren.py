@@ -1,0 +1,202 @@
+"""SIREN: an anchored entropy regulariser on the top-p entropy of each response's peak-entropy tokens.
+
+Two pieces: the ``siren`` regulariser (needs the full tempered logits) and the ``siren_anchor`` schedule,
+which records the regularised statistic once, after the first step, and holds it as the anchor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from entrolab import ops
+from entrolab.registry import register
+
+Nucleus = Literal["exclusive", "inclusive"]
+
+
+@dataclass(frozen=True)
+class SirenConfig:
+    """Options of the SIREN regulariser."""
+
+    coef: float = 0.005
+    """lambda, weight of the squared deviation (``entropy_coeff`` in ``exp_scripts/siren.sh``)."""
+    top_p: float = 0.8
+    """Nucleus mass of the vocabulary mask (``entropy_topp``)."""
+    top_k: int = 10000
+    """The nucleus is taken among the top-k logits (``entropy_topk``); min(top_k, V) is used."""
+    quantile: float = 0.8
+    """Per-response quantile of the top-p entropy above which a position is a peak (``mask_ratio``)."""
+    nucleus: Nucleus = "exclusive"
+    """exclusive: the token whose cumulative mass crosses top_p is left out (as the code); inclusive: kept."""
+    anchor: float | None = None
+    """H_0. None: no penalty (the anchor is the batch's own value); the ``siren_anchor`` schedule sets it."""
+
+    def __post_init__(self) -> None:
+        if not self.coef >= 0:
+            raise ValueError(f"siren coef must be >= 0, got {self.coef}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"siren top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 1:
+            raise ValueError(f"siren top_k must be >= 1, got {self.top_k}")
+        if not 0 <= self.quantile < 1:
+            raise ValueError(f"siren quantile must be in [0, 1), got {self.quantile}")
+        if self.nucleus not in ("exclusive", "inclusive"):
+            raise ValueError(f"siren nucleus must be one of ['exclusive', 'inclusive'], got {self.nucleus!r}")
+        if self.anchor is not None and not self.anchor >= 0:
+            raise ValueError(f"siren anchor must be >= 0 or None, got {self.anchor}")
+
+
+def topp_entropy(logits: torch.Tensor, top_p: float, top_k: int, nucleus: Nucleus = "exclusive") -> torch.Tensor:
+    """Entropy of softmax(logits) restricted to its top-p nucleus (among the top-k) and renormalised.  [..., V] -> [...]
+
+    0 (with zero gradient) when the nucleus holds one token, e.g. when the top-1 probability reaches top_p
+    in exclusive mode.
+    """
+    logits = logits.float()
+    top, _ = logits.topk(min(top_k, logits.shape[-1]), dim=-1)  # [..., k], sorted descending
+    probs = torch.exp(top - torch.logsumexp(logits, dim=-1, keepdim=True))  # [..., k] full-vocabulary probs
+    cum = probs.detach().cumsum(-1)  # [..., k]
+    keep = cum < top_p if nucleus == "exclusive" else cum - probs.detach() < top_p  # [..., k]
+    keep[..., 0] = True  # an empty nucleus is scored as the top-1 alone: entropy 0, gradient 0
+    lse = torch.logsumexp(top.masked_fill(~keep, -torch.inf), dim=-1, keepdim=True)  # [..., 1]
+    logq = torch.where(keep, top - lse, 0.0)  # [..., k] log of the renormalised nucleus probabilities
+    return -(torch.where(keep, logq.exp(), 0.0) * logq).sum(-1)
+
+
+@register(
+    "regularizer",
+    "siren",
+    config=SirenConfig,
+    paper="arXiv:2509.25133",
+    metrics=("entropy/topp_peak_mean", "siren/peak_frac", "siren/penalty"),
+    needs=("logits",),
+)
+def siren(
+    logp: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    cfg: SirenConfig,
+    entropy: torch.Tensor,
+    old_logp: torch.Tensor,
+    ref_logp: torch.Tensor | None,
+    logits: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """SIREN: lambda (H_hat - H_0)^2 on the top-p entropy of the peak-entropy positions, spread over the tokens.
+
+    Paper: SIREN, arXiv:2509.25133 (top-p mask, peak-entropy mask, self-anchored regularisation); equations
+    as the released code (``Linn3a/siren`` ``efficient_top_p_sampling``, ``mask_by_quantile``, update_policy):
+
+        H^top_t = entropy of p restricted to {j : cum_j < top_p} among the top-k, renormalised
+        M_it    = 1[H^top_it > tau_i],  tau_i = quantile_q({H^top_it : m_it = 1})   (per response, linear)
+        H_hat   = mean_i over responses with a peak ( sum_t M H^top / sum_t M )    (seq-mean-token-mean)
+        penalty = lambda (H_hat - H_0)^2;   term_it = penalty for every valid token
+
+    Args:
+        logp: ``[B, T]``, unused.  entropy: ``[B, T]``, unused.  old_logp, ref_logp: unused.
+        mask: ``[B, T]`` 1 on response tokens that count.
+        cfg: :class:`SirenConfig`; ``anchor`` is H_0.
+        logits: ``[B, T, V]`` tempered logits of the current forward pass, with gradient (the trainer passes
+            them because of ``needs=("logits",)``); positions where mask is 0 are never read.
+
+    Returns:
+        ``(term [B, T], metrics)``; term = penalty on valid tokens, 0 where mask is 0. Metric keys:
+        ``entropy/topp_peak_mean`` (H_hat, what the anchor records), ``siren/peak_frac`` (fraction of valid
+        tokens in the peak mask), ``siren/penalty`` (lambda (H_hat - H_0)^2).
+
+    Differences from the paper / released code:
+        The code adds one scalar per micro-batch to the loss; here every valid token carries it, so with a
+        mean-type aggregation (token-mean, seq-mean-token-mean) the aggregate is exactly that scalar, weighted
+        by the micro-batch's share; with seq-mean-token-sum-norm (SIREN's own PG mode) it is scaled by
+        mean length / norm_len. The anchor is the logged H_hat of step 1 (``siren_anchor``), computed on the
+        current pass during step 1's update; the code computes it on step 1's old-policy recompute. Before an
+        anchor exists the penalty is 0. The code falls back to the full entropy when V < top_k (try/except);
+        here min(top_k, V) is used. Responses without a peak token are left out of H_hat (verl gives nan).
+        The code's ``mask_ratio_upper`` is read but unused by ``mask_by_quantile`` and is not offered.
+
+    Example:
+        >>> logits = torch.log(torch.tensor([0.5, 0.2, 0.15, 0.1, 0.05]))
+        >>> round(topp_entropy(logits, 0.8, 5).item(), 5), round(topp_entropy(logits, 0.8, 5, "inclusive").item(), 5)
+        (0.59827, 0.95869)
+        >>> z = torch.zeros(1, 5, 3)
+        >>> z[0, :, 0] = torch.tensor([9.0, 2.0, 1.0, 0.0, -1.0])  # only t = 3 is uniform (entropy ln 3)
+        >>> cfg = SirenConfig(coef=1.0, top_p=1.0, nucleus="inclusive", anchor=0.0)  # full entropy
+        >>> term, m = siren(None, torch.ones(1, 5), cfg=cfg, entropy=None, old_logp=None, ref_logp=None, logits=z)
+        >>> round(m["siren/peak_frac"].item(), 2), round(m["entropy/topp_peak_mean"].item(), 4)
+        (0.2, 1.0986)
+    """
+    if logits is None:
+        raise ValueError("regularizer 'siren' needs logits [B, T, V] (registered with needs=('logits',))")
+    keep = mask.bool()  # [B, T]
+    logits = torch.where(keep.unsqueeze(-1), logits, 0.0)  # [B, T, V] padding never read
+    h = topp_entropy(logits, cfg.top_p, cfg.top_k, cfg.nucleus)  # [B, T], with gradient
+    tau = torch.nanquantile(h.detach().masked_fill(~keep, torch.nan), cfg.quantile, dim=-1, keepdim=True)  # [B, 1]
+    peak = keep & (h.detach() > tau)  # [B, T]; a response with no valid token has tau = nan: no peak
+    n_peak = peak.sum(-1)  # [B]
+    row_mean = torch.where(peak, h, 0.0).sum(-1) / n_peak.clamp(min=1)  # [B]
+    has_peak = n_peak > 0  # [B]
+    h_hat = torch.where(has_peak, row_mean, 0.0).sum() / has_peak.sum().clamp(min=1)
+    anchor = h_hat.detach() if cfg.anchor is None else torch.as_tensor(cfg.anchor, dtype=h_hat.dtype)
+    penalty = cfg.coef * (h_hat - anchor).square() * has_peak.any()
+    term = torch.where(keep, penalty, 0.0)  # [B, T]
+    metrics = {
+        "entropy/topp_peak_mean": h_hat.detach(),
+        "siren/peak_frac": ops.masked_mean(peak.float(), mask),
+        "siren/penalty": penalty.detach(),
+    }
+    return term, metrics
+
+
+@dataclass(frozen=True)
+class SirenAnchorConfig:
+    """Options of the SIREN anchor recorder."""
+
+    observe: str = "entropy/topp_peak_mean"
+    """The logged metric recorded as H_0 (the ``siren`` regulariser's H_hat)."""
+
+    def __post_init__(self) -> None:
+        if not self.observe:
+            raise ValueError("siren_anchor observe must name a logged metric, got ''")
+
+
+@register("schedule", "siren_anchor", config=SirenAnchorConfig, paper="arXiv:2509.25133")
+def siren_anchor(
+    state: dict[str, float],
+    observed: dict[str, float],
+    *,
+    cfg: SirenAnchorConfig,
+    step: int,
+    total_steps: int,
+) -> tuple[dict[str, float], dict[str, float]]:
+    """SIREN's anchor: record H_hat after the first step that logs it and hold it for the rest of training.
+
+    Paper: SIREN, arXiv:2509.25133 (self-anchored regularisation); code: ``ray_trainer.py`` computes the
+    anchor once at global step 1 and passes it back unchanged every step.
+
+    Args:
+        state: ``{}`` until the anchor is recorded, then ``{"anchor": H_0}``.
+        observed: the previous step's logged metrics; reads ``cfg.observe``.
+        cfg: :class:`SirenAnchorConfig`.
+        step: unused.  total_steps: unused.
+
+    Returns:
+        ``(state, values)``; values is ``{"siren.anchor": H_0}`` once recorded, ``{}`` before.
+
+    Differences from the paper / released code:
+        The recorded value is step 1's logged H_hat, averaged over step 1's micro-batches on the current
+        forward pass; the code uses step 1's old-policy recompute of the whole batch.
+
+    Example:
+        >>> state, values = siren_anchor({}, {}, cfg=SirenAnchorConfig(), step=1, total_steps=9)
+        >>> values
+        {}
+        >>> state, values = siren_anchor(state, {"entropy/topp_peak_mean": 0.7}, cfg=SirenAnchorConfig(), step=2,
+        ...                              total_steps=9)
+        >>> siren_anchor(state, {"entropy/topp_peak_mean": 0.1}, cfg=SirenAnchorConfig(), step=3, total_steps=9)[1]
+        {'siren.anchor': 0.7}
+    """
+    if "anchor" not in state and cfg.observe in observed:
+        state = {"anchor": float(observed[cfg.observe])}
+    return dict(state), ({"siren.anchor": state["anchor"]} if "anchor" in state else {})

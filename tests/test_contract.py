@@ -1,0 +1,239 @@
+"""The contract every registered method keeps, checked over the whole registry.
+
+One parametrised test calls every entry on every axis with its default config and random inputs laid out
+by the axis's call convention (``entrolab.methods`` docstring), and checks: finite outputs of the right
+shape, metric keys exactly as declared in ``register(metrics=...)``, scalar detached metrics, a working
+backward for the loss-producing axes, and the docstring sections of the house template. Plus: signatures
+follow the convention, docstring examples run, unknown names list the known ones, and
+``"package.module:function"`` loads a user's own method.
+"""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+import inspect
+import json
+import math
+import re
+import textwrap
+
+import pytest
+import torch
+
+from entrolab import ops, registry
+from entrolab.methods.aggregation import aggregate
+
+B, G, T, MAX_LENGTH = 8, 4, 6, 8192
+ENTRIES = [entry for axis_entries in registry.entries().values() for entry in axis_entries]
+
+# The call convention per axis: positional tensors, then keyword-only arguments (see entrolab.methods).
+CONVENTION = {
+    "advantage": (("rewards", "mask"), {"cfg", "group_size"}),
+    "reward_shaper": (("rewards", "mask"), {"cfg", "group_size", "lengths", "truncated", "max_length"}),
+    "token_filter": (("mask",), {"cfg", "entropy", "old_logp", "advantages", "truncated"}),
+    "policy_loss": (("logp", "old_logp", "advantages", "mask"), {"cfg", "entropy"}),
+    "regularizer": (("logp", "mask"), {"cfg", "entropy", "old_logp", "ref_logp"}),
+    "aggregation": (("loss", "mask"), {"num_tokens", "num_seqs", "norm_len"}),
+    "schedule": (("state", "observed"), {"cfg", "step", "total_steps"}),
+}
+# What a schedule may observe: the previous step's logged metrics (a few of the trainer's and methods' keys).
+OBSERVED = {
+    "entropy/token_mean": 0.15,
+    "entropy/sampled_nll": 0.3,
+    "entropy/topp_peak_mean": 0.7,
+    "reward/mean": 0.4,
+    "kl/ref_k1_mean": 0.6,
+}
+
+
+def _inputs(seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.tensor([6, 3, 1, 0, 5, 6, 2, 4])  # one empty response on purpose
+    mask = (torch.arange(T) < lengths.unsqueeze(-1)).float()  # [B, T]
+    logits = torch.randn(B, T, 11, generator=g)
+    return {
+        "mask": mask,
+        "rewards": torch.randint(0, 2, (B,), generator=g).float(),
+        "logp": torch.log_softmax(logits, -1)[..., 0].requires_grad_(),  # [B, T]
+        "old_logp": torch.log_softmax(logits + 0.1 * torch.randn(logits.shape, generator=g), -1)[..., 0],
+        "ref_logp": torch.log_softmax(logits + 0.3 * torch.randn(logits.shape, generator=g), -1)[..., 0],
+        "entropy": torch.rand(B, T, generator=g).mul(2.0).requires_grad_(),  # [B, T]
+        "advantages": torch.randn(B, 1, generator=g),
+        "lengths": torch.randint(0, MAX_LENGTH + 1, (B,), generator=g),
+        "truncated": torch.tensor([True, False] * (B // 2)),
+        "loss": torch.randn(B, T, generator=g).requires_grad_(),
+        # extra inputs a method asks for with register(needs=...); "ref_logp" is above
+        "logits": logits.clone().requires_grad_(),  # [B, T, V] current forward pass
+        "old_entropy": ops.entropy_from_logits(logits),  # [B, T] rollout policy
+        "vocab_baseline": ops.discriminator_baseline_from_logits(logits),  # [B, T] sum_v p_v^2 (H + log p_v)
+    }
+
+
+def _check_schedule(entry: registry.Entry, cfg) -> None:
+    """state {} then observations: plain finite float state (JSON-checkpointable), values 'method.field' that
+    name a field of a registered non-schedule method and are valid values of it."""
+    state: dict[str, float] = {}
+    doc = inspect.getdoc(entry.fn) or ""
+    for step, observed in enumerate(({}, OBSERVED, OBSERVED), start=1):
+        state, values = entry.fn(state, dict(observed), cfg=cfg, step=step, total_steps=10)
+        assert all(isinstance(v, float) and math.isfinite(v) for v in state.values()), state
+        assert json.loads(json.dumps(state)) == state
+        for key, value in values.items():
+            assert re.fullmatch(r"[a-z0-9_]+\.[a-z0-9_]+", key), key
+            assert isinstance(value, float) and math.isfinite(value), (key, value)
+            method, _, field = key.partition(".")
+            targets = [e for e in ENTRIES if e.name == method and e.axis != "schedule"]
+            assert targets, f"{entry.name}: {key!r} names no registered method"
+            targets[0].make_config({field: value})  # a real field, and a valid value of it
+            assert key in doc, f"{entry.name}: value key {key!r} not documented"
+    assert values, f"{entry.name}: no values after two observations"
+
+
+def _check_metrics(entry: registry.Entry, metrics: dict[str, torch.Tensor]) -> None:
+    assert tuple(sorted(metrics)) == tuple(sorted(entry.metrics)), f"{entry.name}: {sorted(metrics)}"
+    assert len(entry.metrics) == len(set(entry.metrics))
+    for key, value in metrics.items():
+        assert isinstance(value, torch.Tensor) and value.dim() == 0, key
+        assert torch.isfinite(value) and not value.requires_grad, key
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=lambda e: f"{e.axis}:{e.name}")
+def test_every_registered_method_keeps_the_contract(entry: registry.Entry) -> None:
+    x, cfg = _inputs(), entry.make_config()
+    fn, mask = entry.fn, x["mask"]
+    ref_logp = x["ref_logp"] if "ref_logp" in entry.needs else None
+    extra = {k: x[k] for k in entry.needs if k != "ref_logp"}
+    grad_of: list[torch.Tensor] = []
+    if entry.axis == "advantage":
+        adv, metrics = fn(x["rewards"], mask, cfg=cfg, group_size=G)
+        assert adv.shape in ((B, 1), (B, T)) and torch.isfinite(adv).all()
+    elif entry.axis == "reward_shaper":
+        shaped, metrics = fn(
+            x["rewards"],
+            mask,
+            cfg=cfg,
+            group_size=G,
+            lengths=x["lengths"],
+            truncated=x["truncated"],
+            max_length=MAX_LENGTH,
+        )
+        assert shaped.shape == (B,) and torch.isfinite(shaped).all()
+    elif entry.axis == "token_filter":
+        weight, new_mask, metrics = fn(
+            mask,
+            cfg=cfg,
+            entropy=x["entropy"].detach(),
+            old_logp=x["old_logp"],
+            advantages=x["advantages"],
+            truncated=x["truncated"],
+            **extra,
+        )
+        assert weight.shape == new_mask.shape == (B, T) and torch.isfinite(weight).all()
+        assert torch.all((new_mask == 0) | (mask == 1)), "a filter may only remove tokens"
+    elif entry.axis == "policy_loss":
+        out, metrics = fn(x["logp"], x["old_logp"], x["advantages"], mask, cfg=cfg, entropy=x["entropy"], **extra)
+        grad_of = [x["logp"]]
+    elif entry.axis == "regularizer":
+        out, metrics = fn(
+            x["logp"], mask, cfg=cfg, entropy=x["entropy"], old_logp=x["old_logp"], ref_logp=ref_logp, **extra
+        )
+        grad_of = [x["logp"], x["entropy"], x["logits"]]
+    elif entry.axis == "schedule":
+        metrics = {}
+        _check_schedule(entry, cfg)
+    else:
+        out = fn(x["loss"], mask, num_tokens=mask.sum(), num_seqs=(mask.sum(-1) > 0).sum(), norm_len=T)
+        metrics = {}
+        assert out.dim() == 0 and torch.isfinite(out)
+        out.backward()
+        assert torch.isfinite(x["loss"].grad).all() and torch.all(x["loss"].grad[mask == 0] == 0)
+    _check_metrics(entry, metrics)
+    if grad_of:
+        assert out.shape == (B, T) and torch.isfinite(out).all() and torch.all(out[mask == 0] == 0)
+        aggregate(out, mask, "token-mean").backward()
+        grads = [t.grad for t in grad_of if t.grad is not None]
+        assert grads, f"{entry.name}: no gradient reached logp or entropy"
+        assert all(torch.isfinite(g).all() and torch.all(g[mask == 0] == 0) for g in grads)
+    doc = inspect.getdoc(fn) or ""
+    for section in ("Args:", "Returns:", "Differences from the paper", "Example:", ">>>"):
+        assert section in doc, f"{entry.axis} {entry.name!r} docstring lacks {section!r}"
+    for key in entry.metrics:
+        assert key in doc, f"{entry.name}: metric {key!r} not documented"
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=lambda e: f"{e.axis}:{e.name}")
+def test_signature_follows_the_axis_convention(entry: registry.Entry) -> None:
+    params = inspect.signature(entry.fn).parameters.values()
+    positional = tuple(p.name for p in params if p.kind is p.POSITIONAL_OR_KEYWORD)
+    keyword = {p.name for p in params if p.kind is p.KEYWORD_ONLY}
+    expected_positional, expected_keyword = CONVENTION[entry.axis]
+    stats = {"stats"} if entry.stats is not None else set()  # batch-wide statistics, see entrolab.methods
+    assert (positional, keyword) == (expected_positional, expected_keyword | set(entry.needs) | stats)
+    args = (inspect.getdoc(entry.fn) or "").split("Args:")[1].split("Returns:")[0]
+    for name in (*positional, *keyword):
+        assert re.search(rf"\b{name}\b", args), f"{entry.name}: argument {name!r} not in Args"
+
+
+@pytest.mark.parametrize("module", sorted({e.fn.__module__ for e in ENTRIES}))
+def test_docstring_examples_run(module: str) -> None:
+    result = doctest.testmod(importlib.import_module(module), verbose=False)
+    assert result.failed == 0 and result.attempted > 0
+
+
+def test_unknown_name_lists_known_ones() -> None:
+    with pytest.raises(ValueError, match=r"known: dr_grpo, grpo, rloo") as err:
+        registry.get("advantage", "gpro")
+    assert "package.module:function" in str(err.value)
+    with pytest.raises(ValueError, match="allowed"):
+        registry.get("nonsense", "grpo")
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['eps_hi'\].*eps_high"):
+        registry.get("policy_loss", "ppo_clip").make_config({"eps_hi": 0.3})
+
+
+USER_MODULE = '''
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class ScaleConfig:
+    scale: float = 2.0
+
+
+def scaled_mean(rewards, mask, *, cfg, group_size):
+    """Rewards minus the group mean, times cfg.scale."""
+    r = rewards.view(-1, group_size)
+    return ((r - r.mean(-1, keepdim=True)) * cfg.scale).reshape(-1, 1), {}
+
+
+scaled_mean.config = ScaleConfig
+'''
+
+
+def test_user_function_loads_from_module_path(tmp_path, monkeypatch) -> None:
+    (tmp_path / "my_entrolab_methods.py").write_text(textwrap.dedent(USER_MODULE))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    entry = registry.get("advantage", "my_entrolab_methods:scaled_mean")
+    assert entry.name == "my_entrolab_methods:scaled_mean" and entry.summary.startswith("Rewards minus")
+    cfg = entry.make_config({"scale": 3.0})
+    adv, metrics = entry.fn(torch.tensor([1.0, 0.0]), torch.ones(2, 1), cfg=cfg, group_size=2)
+    assert adv.squeeze(-1).tolist() == [1.5, -1.5] and metrics == {}
+    with pytest.raises(ValueError, match="no callable 'missing'"):
+        registry.get("advantage", "my_entrolab_methods:missing")
+    with pytest.raises(ValueError, match="cannot import module 'no_such_module_xyz'"):
+        registry.get("advantage", "no_such_module_xyz:fn")
+
+
+def test_user_module_that_registers_itself(tmp_path, monkeypatch) -> None:
+    # A module that calls register() on import: the loader returns that entry (with its config).
+    monkeypatch.setitem(registry._REGISTRY, "advantage", dict(registry._REGISTRY["advantage"]))
+    source = USER_MODULE.replace("def scaled_mean", '@register("advantage", "scaled")\ndef scaled_mean')
+    source = source.replace("import torch\n", "import torch\n\nfrom entrolab.registry import register\n")
+    (tmp_path / "my_registered_methods.py").write_text(textwrap.dedent(source))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    entry = registry.get("advantage", "my_registered_methods:scaled_mean")
+    assert entry.name == "scaled" and registry.get("advantage", "scaled") is entry

@@ -1,0 +1,585 @@
+"""Numbers for the covariance / token-selection part of the entropy catalogue.
+
+Clip-Cov and KL-Cov (arXiv:2505.22617), forking tokens (arXiv:2506.01939), the entropy discriminator's Clip_B /
+Clip_V (arXiv:2602.03392), AEPO's stop-gradient clip (arXiv:2510.14545) and SPEAR's covariance clipping
+(arXiv:2509.22601). Each worked example of the research note (``methods_entropy.md`` §0, §1f, §2f, §5f, §13f)
+is a closed-form test here; then the parent method at the degenerate setting, gradient signs and exact zeros,
+padding invariance, and micro-batch == batch once ``stats`` come from the whole minibatch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from entrolab import ops, registry
+from entrolab.methods.aepo import AEPOConfig, AEPOEntropyAdvantageConfig, aepo, aepo_entropy_advantage
+from entrolab.methods.aggregation import aggregate
+from entrolab.methods.covariance import (
+    ClipCovConfig,
+    KLCovConfig,
+    clip_cov,
+    clip_cov_filter,
+    clip_cov_stats,
+    kl_cov,
+    kl_cov_stats,
+)
+from entrolab.methods.discriminator import DiscriminatorClipConfig, discriminator_clip, discriminator_stats
+from entrolab.methods.forking import (
+    ForkingTokensConfig,
+    LowEntropyTokensConfig,
+    forking_stats,
+    forking_tokens,
+    low_entropy_tokens,
+)
+from entrolab.methods.policy_loss import PPOClipConfig, ppo_clip
+from entrolab.methods.spear import SpearCovClipConfig, spear_cov_clip
+
+# The note's §1f example: A = [1, 1, 1, -1, -1, -1], p = [.9, .5, .05, .9, .5, .05].
+NOTE_LOGP = torch.log(torch.tensor([[0.9, 0.5, 0.05, 0.9, 0.5, 0.05]], dtype=torch.float64))
+NOTE_ADV = torch.tensor([[1.0, 1, 1, -1, -1, -1]], dtype=torch.float64)
+NOTE_COV = [1.1594, 0.5716, -1.7310, -1.1594, -0.5716, 1.7310]
+
+
+def _gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _batch(seed: int, b: int = 6, t: int = 9, dtype=torch.float64):
+    """Random ragged minibatch: mask, logp (requires grad), old_logp, advantages [b, 1], entropy."""
+    g = _gen(seed)
+    lengths = torch.tensor([9, 4, 0, 1, 7, 3][:b])
+    mask = (torch.arange(t) < lengths.unsqueeze(-1)).to(dtype)
+    old = -torch.rand(b, t, generator=g, dtype=dtype) * 4
+    logp = (old + 0.3 * torch.randn(b, t, generator=g, dtype=dtype)).requires_grad_()
+    adv = torch.randn(b, 1, generator=g, dtype=dtype) * 3
+    entropy = torch.rand(b, t, generator=g, dtype=dtype) * 2
+    return mask, logp, old, adv, entropy
+
+
+def _filter(fn, mask, cfg, entropy=None, old_logp=None, advantages=None, **kw):
+    return fn(mask, cfg=cfg, entropy=entropy, old_logp=old_logp, advantages=advantages, truncated=None, **kw)
+
+
+# ------------------------------------------------------------------------------------------------ covariance
+
+
+def test_note_covariance_example_and_kl_cov_top2():
+    cov = ops.centred_product(NOTE_ADV, NOTE_LOGP, torch.ones(1, 6))
+    torch.testing.assert_close(cov[0], torch.tensor(NOTE_COV, dtype=torch.float64), atol=1e-4, rtol=0)
+    # KL-Cov with k = 2 selects {5, 0}: the top one is a *penalised rare* token (both factors negative).
+    assert ops.topk_mask(cov, torch.ones(1, 6), 2)[0].nonzero().flatten().tolist() == [0, 5]
+    loss, m = kl_cov(NOTE_LOGP, NOTE_LOGP - 0.1, NOTE_ADV, torch.ones(1, 6), cfg=KLCovConfig(ratio=2 / 6))
+    extra = loss + NOTE_ADV * math.exp(0.1)  # the beta |log r| part
+    torch.testing.assert_close(extra[0], torch.tensor([0.1, 0, 0, 0, 0, 0.1], dtype=torch.float64))
+    assert m["kl/frac_cov"].item() == pytest.approx(2 / 6)
+    assert m["cov/logp_adv"].item() == pytest.approx(0.0, abs=1e-12)  # symmetric example: Cov(A, logp) = 0
+
+
+def _thousand_tokens():
+    """10 rows of 100 valid tokens padded to 120 with garbage; r = 2 everywhere; A = +1 / -1 by row."""
+    mask = (torch.arange(120) < 100).expand(10, 120).to(torch.float64)
+    g = _gen(1)
+    old = -torch.rand(10, 120, generator=g, dtype=torch.float64) * 3
+    logp = old + math.log(2.0)
+    logp[:, 100:], old[:, 100:] = float("nan"), float("inf")
+    adv = torch.tensor([1.0, -1.0] * 5, dtype=torch.float64).unsqueeze(-1)
+    return mask, logp.requires_grad_(), old, adv
+
+
+def test_kl_cov_count_on_1000_tokens_and_no_clipping():
+    mask, logp, old, adv = _thousand_tokens()
+    loss, m = kl_cov(logp, old, adv, mask, cfg=KLCovConfig(ratio=0.002, coef=1.0))
+    extra = torch.where(mask.bool(), loss + adv * 2.0, 0.0)
+    assert int((extra.abs() > 1e-9).sum()) == 2  # exactly 2 = 0.002 * 1000 tokens carry the term
+    torch.testing.assert_close(extra[extra.abs() > 1e-9], torch.full((2,), math.log(2.0), dtype=torch.float64))
+    assert torch.all(loss[:, 100:] == 0) and torch.isfinite(loss).all()
+    assert torch.all(loss[0, :100][extra[0, :100] == 0] == -2.0)  # A = 1, r = 2: -2, no PPO clip
+    assert m["kl/abs_log_ratio"].item() == pytest.approx(math.log(2.0))
+
+
+@pytest.mark.parametrize("log_ratio", [0.1, -0.1])
+def test_kl_cov_gradient_is_beta_sign_of_log_ratio(log_ratio):
+    # Token 0 has A = 0 and the largest Cov (-0.75 times a very negative centred logp): it is the one selected.
+    logp = torch.tensor([[-6.0, -1.0, -1.2, -0.8]], dtype=torch.float64, requires_grad=True)
+    adv = torch.tensor([[0.0, 1.0, 1.0, 1.0]], dtype=torch.float64)
+    loss, _ = kl_cov(logp, logp.detach() - log_ratio, adv, torch.ones(1, 4), cfg=KLCovConfig(ratio=0.25, coef=1.0))
+    (grad,) = torch.autograd.grad(loss.sum(), logp)
+    assert grad[0, 0].item() == pytest.approx(math.copysign(1.0, log_ratio))  # d beta|l - l_old| / dl
+    torch.testing.assert_close(grad[0, 1:], -adv[0, 1:] * math.exp(log_ratio))  # plain -A r elsewhere
+
+
+@pytest.mark.parametrize("cfg", [KLCovConfig(coef=0.0), KLCovConfig(ratio=0.0)])
+def test_kl_cov_off_is_the_unclipped_surrogate_and_ppo_clip_inside_the_range(cfg):
+    mask, logp, old, adv, _ = _batch(2)
+    loss, m = kl_cov(logp, old, adv, mask, cfg=cfg)
+    plain = torch.where(mask.bool(), -adv * torch.exp(logp - old), 0.0)
+    torch.testing.assert_close(loss, plain, atol=0, rtol=0)
+    # The paper's KL-Cov never clips: its parent is ppo_clip with a range no ratio reaches.
+    ref, _ = ppo_clip(logp, old, adv, mask, cfg=PPOClipConfig(eps_low=0.999, eps_high=1e6))
+    torch.testing.assert_close(loss, ref)
+    assert m["kl/frac_cov"].item() == (0.0 if cfg.ratio == 0 else pytest.approx(1 / mask.sum().item()))
+
+
+def test_clip_cov_ratio_zero_is_ppo_clip_exactly():
+    mask, logp, old, adv, _ = _batch(3)
+    for eps in ((0.2, 0.28), (1.0, 1.0)):
+        a, ma = clip_cov(logp, old, adv, mask, cfg=ClipCovConfig(ratio=0.0, eps_low=eps[0], eps_high=eps[1]))
+        b, _ = ppo_clip(logp, old, adv, mask, cfg=PPOClipConfig(eps_low=min(eps[0], 0.999), eps_high=eps[1]))
+        if eps[0] == 1.0:  # clamp(r, 0, 2) == clamp(r, 0.001, 2) for these ratios (none below 0.001)
+            assert float(torch.exp(logp.detach() - old)[mask.bool()].min()) > 0.001
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+        ga, gb = (torch.autograd.grad(x.sum(), logp)[0] for x in (a, b))
+        torch.testing.assert_close(ga, gb, atol=0, rtol=0)
+        assert ma["clip/frac_cov"].item() == 0.0
+    paper, _ = clip_cov(logp, old, adv, mask, cfg=ClipCovConfig(ratio=0.0))
+    torch.testing.assert_close(paper, torch.where(mask.bool(), -adv * torch.exp(logp - old), 0.0))
+
+
+def test_clip_cov_selection_band_budget_zero_grad_and_denominator():
+    g = _gen(4)
+    mask = (torch.arange(50) < torch.tensor([50, 30, 45, 0, 50, 25]).unsqueeze(-1)).double()
+    old = -torch.rand(6, 50, generator=g, dtype=torch.float64) * 5
+    logp = (old + 0.4 * torch.randn(6, 50, generator=g, dtype=torch.float64)).requires_grad_()
+    adv = torch.randn(6, 1, generator=g, dtype=torch.float64) * 3
+    cfg = ClipCovConfig(ratio=0.02, cov_lb=1.0, cov_ub=5.0, eps_low=0.2, eps_high=0.2, generator=_gen(0))
+    loss, m = clip_cov(logp, old, adv, mask, cfg=cfg)
+    keep, ratio = mask.bool(), torch.exp(logp.detach() - old)
+    cov = ops.centred_product(adv, logp.detach(), mask)
+    ppo_clipped = keep & (-adv * ratio.clamp(0.8, 1.2) > -adv * ratio)
+    cand = keep & (cov > 1) & (cov < 5) & ~ppo_clipped
+    n_valid = int(mask.sum())
+    selected = keep & (loss == 0) & (torch.maximum(-adv * ratio, -adv * ratio.clamp(0.8, 1.2)) != 0)
+    assert int(selected.sum()) == min(int(0.02 * n_valid), int(cand.sum())) > 0
+    assert torch.all(cand[selected]) and not torch.any(selected & ppo_clipped)  # only band, never PPO-clipped
+    (grad,) = torch.autograd.grad(aggregate(loss, mask, "token-mean"), logp)
+    assert torch.all(grad[selected] == 0) and torch.all(grad[~keep] == 0)
+    ppo, _ = ppo_clip(logp, old, adv, mask, cfg=PPOClipConfig(eps_low=0.2, eps_high=0.2))
+    expected = ops.masked_sum(ppo, keep & ~selected) / n_valid  # the detached tokens stay in the denominator
+    torch.testing.assert_close(aggregate(loss, mask, "token-mean"), expected)
+    assert m["clip/frac_cov"].item() == pytest.approx(int(selected.sum()) / n_valid)
+    assert m["clip/frac_ppo"].item() == pytest.approx(int(ppo_clipped.sum()) / n_valid)
+
+
+def test_clip_cov_reproducible_with_generator_or_global_seed():
+    mask, logp, old, adv, _ = _batch(5, t=40)
+    mask = torch.ones_like(mask)
+    cfg = dict(ratio=0.2, cov_lb=0.0, cov_ub=1e9)
+    runs = [clip_cov(logp, old, adv, mask, cfg=ClipCovConfig(**cfg, generator=_gen(7)))[0] for _ in range(2)]
+    assert torch.equal(runs[0], runs[1])
+    torch.manual_seed(7)
+    global_rng = clip_cov(logp, old, adv, mask, cfg=ClipCovConfig(**cfg))[0]
+    assert torch.equal(global_rng, runs[0])  # a generator seeded s draws what the global RNG seeded s draws
+    other = clip_cov(logp, old, adv, mask, cfg=ClipCovConfig(**cfg, generator=_gen(8)))[0]
+    assert not torch.equal(other, runs[0])
+
+
+def test_clip_cov_gradient_sign_on_policy():
+    mask, logp, _, adv, _ = _batch(6)
+    loss, _ = clip_cov(logp, logp.detach(), adv, mask, cfg=ClipCovConfig(ratio=0.0))
+    (grad,) = torch.autograd.grad(loss.sum(), logp)
+    torch.testing.assert_close(grad, torch.where(mask.bool(), -adv.expand_as(grad), 0.0))  # r = 1: -A
+
+
+def _same_real_columns(narrow, wide, t):
+    (a, ma), (b, mb) = narrow, wide
+    assert torch.equal(a, b[:, :t]) and torch.all(b[:, t:] == 0)
+    for k in ma:
+        torch.testing.assert_close(ma[k], mb[k], rtol=1e-9, atol=1e-12)
+
+
+def test_cov_losses_padding_invariance():
+    mask, logp, old, adv, _ = _batch(8)
+    logp = logp.detach()
+    pad = torch.tensor([[float("nan"), float("inf")]], dtype=torch.float64).expand(6, 2)
+
+    def wide(x):
+        return torch.cat([x, pad], 1)
+
+    wmask = torch.cat([mask, torch.zeros(6, 2, dtype=torch.float64)], 1)
+    ccfg = dict(ratio=0.3, cov_lb=0.0, cov_ub=1e9, eps_low=0.2, eps_high=0.28)
+    _same_real_columns(
+        clip_cov(logp, old, adv, mask, cfg=ClipCovConfig(**ccfg, generator=_gen(0))),
+        clip_cov(wide(logp), wide(old), adv, wmask, cfg=ClipCovConfig(**ccfg, generator=_gen(0))),
+        9,
+    )
+    for scope in ("micro_batch", "batch"):
+        kcfg = KLCovConfig(ratio=0.1, scope=scope)
+        _same_real_columns(
+            kl_cov(logp + 0.1, old, adv, mask, cfg=kcfg), kl_cov(wide(logp + 0.1), wide(old), adv, wmask, cfg=kcfg), 9
+        )
+
+
+def _split(x, sizes):
+    return x.split(sizes) if x.shape[0] > 1 else [x] * len(sizes)
+
+
+@pytest.mark.parametrize(
+    ("fn", "stats_fn", "cfg"),
+    [
+        (clip_cov, clip_cov_stats, ClipCovConfig(ratio=0.1, cov_lb=0.0, cov_ub=1e9, scope="batch", generator=_gen(3))),
+        (kl_cov, kl_cov_stats, KLCovConfig(ratio=0.1, scope="batch")),
+    ],
+)
+def test_batch_scope_micro_batches_equal_the_whole_minibatch(fn, stats_fn, cfg):
+    mask, logp, old, adv, entropy = _batch(9)
+    logp = logp.detach() + 0.05  # off-policy: the selection still comes from the stats
+    stats = stats_fn(mask=mask, old_logp=old, advantages=adv, entropy=entropy, cfg=cfg)
+    whole, _ = fn(logp, old, adv, mask, cfg=cfg, stats=stats)
+    parts = []
+    for sl in (slice(0, 2), slice(2, 5), slice(5, 6)):
+        width = max(int(mask[sl].sum(-1).max()), 1)  # the trainer trims right padding per micro-batch
+        st = {k: v[sl, :width] for k, v in stats.items()}
+        part, _ = fn(logp[sl, :width], old[sl, :width], adv[sl], mask[sl, :width], cfg=cfg, stats=st)
+        parts.append(torch.nn.functional.pad(part, (0, 9 - width)))
+    torch.testing.assert_close(torch.cat(parts), whole, atol=0, rtol=0)
+    # scope="batch" without stats computes them from the tensors given: the same selection.
+    if isinstance(cfg, ClipCovConfig):
+        cfg = ClipCovConfig(ratio=0.1, cov_lb=0.0, cov_ub=1e9, scope="batch", generator=_gen(3))
+    alone, _ = fn(logp, old, adv, mask, cfg=cfg)
+    torch.testing.assert_close(alone, whole, atol=0, rtol=0)
+    assert 0 < int(stats["selected"].sum()) == max(int(0.1 * mask.sum().item()), 1)
+
+
+def test_clip_cov_filter_is_zero_weight_and_matches_the_stats():
+    mask, _, old, adv, _ = _batch(10)
+    cfg = ClipCovConfig(ratio=0.2, cov_lb=-1e9, cov_ub=1e9, generator=_gen(2))
+    w, m, metrics = _filter(clip_cov_filter, mask, cfg, old_logp=old, advantages=adv)
+    assert torch.equal(m, mask)  # zero-weight: the mask (and so the denominator) is unchanged
+    chosen = clip_cov_stats(
+        mask=mask,
+        old_logp=old,
+        advantages=adv,
+        entropy=None,
+        cfg=ClipCovConfig(**{**cfg.__dict__, "generator": _gen(2)}),
+    )["selected"]
+    assert torch.equal(w == 0, chosen) and int(chosen.sum()) == int(0.2 * mask.sum().item())
+    assert metrics["filter/frac_cov_detached"].item() == pytest.approx(int(chosen.sum()) / mask.sum().item())
+
+
+# ------------------------------------------------------------------------------------------------- forking
+
+
+def _ragged_entropy(n_valid=1003, t=120):
+    rows = math.ceil(n_valid / 100)
+    lengths = torch.full((rows,), 100)
+    lengths[-1] = n_valid - 100 * (rows - 1)
+    mask = (torch.arange(t) < lengths.unsqueeze(-1)).float()
+    entropy = torch.rand(rows, t, generator=_gen(11)) * 3
+    entropy[mask == 0] = 1e6  # huge padded entropy must never be picked
+    return mask, entropy
+
+
+def test_forking_note_example_1003_tokens_keep_201():
+    mask, entropy = _ragged_entropy()
+    for selection in ("topk", "quantile"):
+        w, m, s = _filter(forking_tokens, mask, ForkingTokensConfig(rho=0.2, selection=selection), entropy=entropy)
+        assert int(m.sum()) == 201 and torch.all(m[mask == 0] == 0) and torch.all(w == 1)
+        assert s["filter/frac_kept"].item() == pytest.approx(201 / 1003)
+
+
+def test_forking_rho_one_is_exactly_no_filter():
+    mask, entropy = _ragged_entropy(257)
+    for fn, cfg_cls in ((forking_tokens, ForkingTokensConfig), (low_entropy_tokens, LowEntropyTokensConfig)):
+        for selection in ("topk", "quantile"):
+            for drop in ("mask_out", "zero_weight"):
+                w, m, _ = _filter(fn, mask, cfg_cls(rho=1.0, selection=selection, drop=drop), entropy=entropy)
+                assert torch.equal(m, mask) and torch.equal(w, torch.ones_like(w))
+
+
+def test_forking_tiny_rho_keeps_one_token_and_topk_vs_quantile_counts():
+    mask, entropy = _ragged_entropy(300)
+    _, m, _ = _filter(forking_tokens, mask, ForkingTokensConfig(rho=1e-6), entropy=entropy)
+    assert int(m.sum()) == 1 and entropy[m.bool()].item() == entropy[mask.bool()].max().item()
+    # N = 9, rho = 0.7: the authors' int(6.3 + 0.9999) = 7 tokens; TRL's quantile(0.3) keeps 1 + floor(5.6) = 6.
+    ent = torch.arange(9.0).unsqueeze(0)
+    counts = [
+        int(_filter(forking_tokens, torch.ones(1, 9), ForkingTokensConfig(rho=0.7, selection=s), entropy=ent)[1].sum())
+        for s in ("topk", "quantile")
+    ]
+    assert counts == [7, 6]
+
+
+def test_forking_mask_out_gradient_and_token_mean_over_selected():
+    mask, logp, old, adv, entropy = _batch(12)
+    w, m, _ = _filter(forking_tokens, mask, ForkingTokensConfig(rho=0.3), entropy=entropy)
+    loss, _ = ppo_clip(logp, old, adv, m, cfg=PPOClipConfig())
+    total = aggregate(loss * w, m, "token-mean")
+    (grad,) = torch.autograd.grad(total, logp)
+    assert torch.all(grad[m == 0] == 0) and int((grad[m == 1] != 0).sum()) > 0
+    torch.testing.assert_close(total, loss[m.bool()].mean())  # the mean over the kept tokens only
+    w0, m0, _ = _filter(forking_tokens, mask, ForkingTokensConfig(rho=0.3, drop="zero_weight"), entropy=entropy)
+    assert torch.equal(m0, mask) and torch.equal(w0 == 0, (mask - m).bool())  # weight 0 exactly where dropped
+    full, _ = ppo_clip(logp, old, adv, mask, cfg=PPOClipConfig())
+    torch.testing.assert_close(aggregate(full * w0, m0, "token-mean"), (full * w0)[mask.bool()].sum() / mask.sum())
+
+
+def _authors_top_mask(entropy, response_mask, top_ratio):
+    """get_global_entropy_top_mask of Shenzhi-Wang/Beyond-the-80-20-Rule-RLVR @ 6f5dda6 (core_algos.py), transcribed."""
+    flat_entropy, flat_mask = entropy.flatten(), response_mask.flatten().bool()
+    response_entropy = flat_entropy[flat_mask]
+    if response_entropy.numel() == 0:
+        return torch.zeros_like(entropy, dtype=torch.long)
+    top_k = max(1, int(len(response_entropy) * top_ratio + 0.9999))
+    _, topk_idx = torch.topk(response_entropy, k=top_k)
+    flat_out = torch.zeros_like(flat_entropy, dtype=torch.long)
+    flat_out[flat_mask.nonzero(as_tuple=False).squeeze(1)[topk_idx]] = 1
+    return flat_out.view_as(entropy)
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("rho", [0.2, 0.5, 0.7, 1e-4, 1.0])
+def test_forking_default_matches_the_authors_code(seed, rho):
+    mask, logp, old, adv, entropy = _batch(seed, t=40)
+    _, m, _ = _filter(forking_tokens, mask, ForkingTokensConfig(rho=rho), entropy=entropy)
+    assert torch.equal(m.long(), _authors_top_mask(entropy, mask, rho))
+    # their loss: agg_loss(pg_losses, response_mask * entropy_top_mask, "token-mean")
+    loss, _ = ppo_clip(logp, old, adv, mask, cfg=PPOClipConfig())
+    top = mask * _authors_top_mask(entropy, mask, rho)
+    torch.testing.assert_close(aggregate(loss, m, "token-mean"), (loss * top).sum() / top.sum())
+
+
+@pytest.mark.parametrize("n_valid", [5, 9, 16, 101, 1003])
+@pytest.mark.parametrize("selection", ["topk", "quantile"])
+def test_low_entropy_tokens_is_the_complement(n_valid, selection):
+    mask, entropy = _ragged_entropy(n_valid)
+    _, top, _ = _filter(forking_tokens, mask, ForkingTokensConfig(rho=0.2, selection=selection), entropy=entropy)
+    _, low, _ = _filter(low_entropy_tokens, mask, LowEntropyTokensConfig(rho=0.8, selection=selection), entropy=entropy)
+    assert torch.equal(top + low, mask)
+
+
+def test_forking_padding_invariance_and_batch_stats():
+    mask, _, _, _, entropy = _batch(13)
+    cfg = ForkingTokensConfig(rho=0.25, scope="batch")
+    narrow = _filter(forking_tokens, mask, cfg, entropy=entropy)
+    wide_mask = torch.cat([mask, torch.zeros(6, 3, dtype=mask.dtype)], 1)
+    wide = _filter(forking_tokens, wide_mask, cfg, entropy=torch.cat([entropy, torch.full((6, 3), 9e9)], 1))
+    assert torch.equal(narrow[1], wide[1][:, :9]) and torch.all(wide[1][:, 9:] == 0)
+    stats = forking_stats(mask=mask, old_logp=None, advantages=None, entropy=entropy, cfg=cfg)
+    parts = [
+        _filter(forking_tokens, mask[sl], cfg, entropy=entropy[sl], stats=stats)[1] for sl in (slice(0, 3), slice(3, 6))
+    ]
+    assert torch.equal(torch.cat(parts), narrow[1])
+    alone = [_filter(forking_tokens, mask[sl], cfg, entropy=entropy[sl])[1] for sl in (slice(0, 3), slice(3, 6))]
+    assert not torch.equal(torch.cat(alone), narrow[1])  # without the stats each part has its own threshold
+
+
+# ------------------------------------------------------------------------------------------- discriminator
+
+
+def _disc_inputs(s_values, adv_signs):
+    """old_logp and entropy giving S = p (H + log p) = s_values exactly, with p = 1/2: H = 2 S + ln 2."""
+    s = torch.tensor([s_values], dtype=torch.float64)
+    return torch.full_like(s, -math.log(2.0)), 2 * s + math.log(2.0), torch.tensor([adv_signs], dtype=torch.float64)
+
+
+def test_clip_b_note_example():
+    # S = [.30, .10, -.05, -.40, .05, 0], A = [+, -, -, -, +, -], mu = 1: mean 0, std 0.2102 -> only token 3.
+    logp, entropy, adv = _disc_inputs([0.30, 0.10, -0.05, -0.40, 0.05, 0.00], [1.0, -1, -1, -1, 1, -1])
+    w, m, s = _filter(discriminator_clip, torch.ones(1, 6), DiscriminatorClipConfig(mu=1.0), entropy=entropy,
+                      old_logp=logp, advantages=adv)  # fmt: skip
+    assert m.tolist() == [[1.0, 1.0, 1.0, 0.0, 1.0, 1.0]] and torch.all(w == 1)
+    assert s["disc/mean"].item() == pytest.approx(0.0, abs=1e-12)
+    assert s["disc/std"].item() == pytest.approx(0.2102, abs=1e-4)
+    assert s["filter/disc_frac_masked"].item() == pytest.approx(1 / 6)
+    assert s["filter/disc_frac_masked_neg"].item() == pytest.approx(1 / 4)
+
+
+def test_clip_b_never_drops_positive_advantage_and_zero_spread_keeps_all():
+    logp, entropy, adv = _disc_inputs([0.3, -0.3, -0.3, 0.3, -0.3, 0.3], [1.0, 1, 1, 1, 1, 1])
+    _, m, _ = _filter(discriminator_clip, torch.ones(1, 6), DiscriminatorClipConfig(mu=0.1), entropy=entropy,
+                      old_logp=logp, advantages=adv)  # fmt: skip
+    assert torch.all(m == 1)
+    logp, entropy, adv = _disc_inputs([0.2] * 6, [-1.0] * 6)
+    _, m, s = _filter(discriminator_clip, torch.ones(1, 6), DiscriminatorClipConfig(mu=0.1), entropy=entropy,
+                      old_logp=logp, advantages=adv)  # fmt: skip
+    assert torch.all(m == 1) and s["disc/std"].item() < 1e-12
+
+
+def test_clip_v_note_cap_example_10000_tokens_drop_exactly_the_largest():
+    g = _gen(14)
+    mask = torch.ones(100, 100, dtype=torch.float64)
+    old_logp = -torch.rand(100, 100, generator=g, dtype=torch.float64) * 3
+    entropy = torch.rand(100, 100, generator=g, dtype=torch.float64) * 2
+    d = torch.randn(100, 100, generator=g, dtype=torch.float64) * 0.01  # D, small everywhere ...
+    big = torch.tensor([[3, 7], [10, 2], [55, 55], [70, 1], [99, 98]])
+    d[big[:, 0], big[:, 1]] = torch.tensor([0.5, 0.9, 0.7, 0.6, 0.8], dtype=torch.float64)  # ... but 5 tokens
+    adv = -torch.ones(100, 1, dtype=torch.float64)
+    s = old_logp.exp() * (entropy + old_logp)
+    cfg = DiscriminatorClipConfig(variant="V", mu=8.5, max_frac=1e-4)
+    _, m, metrics = _filter(discriminator_clip, mask, cfg, entropy=entropy, old_logp=old_logp, advantages=adv,
+                            vocab_baseline=d + s)  # fmt: skip
+    assert int((m == 0).sum()) == 1 and m[10, 2] == 0  # 5 candidates, cap max(1, 1e-4 * 10000) = 1: largest D
+    assert metrics["disc/std"].item() == pytest.approx(d.std(unbiased=False).item())
+    _, m, _ = _filter(discriminator_clip, mask, DiscriminatorClipConfig(variant="V", mu=8.5, max_frac=1e-3),
+                      entropy=entropy, old_logp=old_logp, advantages=adv, vocab_baseline=d + s)  # fmt: skip
+    assert int((m == 0).sum()) == 5  # under the cap (5 <= 10): every candidate goes
+
+
+def test_clip_v_zero_advantage_tokens_and_missing_baseline():
+    logp, entropy, _ = _disc_inputs([0.1] * 8, [0.0] * 8)
+    s = logp.exp() * (entropy + logp)
+    d = torch.tensor([[0.0, 0, 0, 0, 0, 0, 5.0, 5.0]], dtype=torch.float64)
+    adv = torch.tensor([[1.0, 1, 1, 1, -1, -1, 0.0, -1.0]], dtype=torch.float64)
+    cfg = dict(variant="V", mu=1.0, max_frac=1.0)
+    kw = dict(entropy=entropy, old_logp=logp, advantages=adv, vocab_baseline=d + s)
+    _, kept, _ = _filter(discriminator_clip, torch.ones(1, 8), DiscriminatorClipConfig(**cfg), **kw)
+    _, code, _ = _filter(
+        discriminator_clip, torch.ones(1, 8), DiscriminatorClipConfig(**cfg, drop_zero_advantage=True), **kw
+    )
+    assert kept[0].tolist() == [1, 1, 1, 1, 1, 1, 1, 0]  # one-sided: only A < 0
+    assert code[0].tolist() == [1, 1, 1, 1, 1, 1, 0, 0]  # the released Clip_V also drops the A = 0 token
+    with pytest.raises(ValueError, match="vocab_baseline"):
+        _filter(discriminator_clip, torch.ones(1, 8), DiscriminatorClipConfig(variant="V"), entropy=entropy,
+                old_logp=logp, advantages=adv)  # fmt: skip
+
+
+def test_discriminator_identities_of_section_0():
+    z = torch.tensor([2.0, 1.0, 0.0, -1.0], dtype=torch.float64)
+    p, h = z.softmax(-1), ops.entropy_from_logits(z)
+    s = p * (h + p.log())
+    torch.testing.assert_close(
+        p, torch.tensor([0.6439, 0.2369, 0.0871, 0.0321], dtype=torch.float64), atol=1e-4, rtol=0
+    )
+    assert h.item() == pytest.approx(0.9475, abs=1e-4)
+    torch.testing.assert_close(
+        s, torch.tensor([0.3267, -0.1167, -0.1301, -0.0799], dtype=torch.float64), atol=1e-4, rtol=0
+    )
+    n = ops.discriminator_baseline_from_logits(z)
+    assert n.item() == pytest.approx(0.1688, abs=1e-4) and n.item() == pytest.approx((p * s).sum().item())
+    eps = 1e-6
+    for k in range(4):
+        bump = torch.zeros(4, dtype=torch.float64)
+        bump[k] = eps
+        assert (ops.entropy_from_logits(z + bump) - h).item() / eps == pytest.approx(-s[k].item(), abs=1e-5)
+        step = eps * (torch.eye(4, dtype=torch.float64)[k] - p)  # a GRPO-like update of sampled token k
+        assert (ops.entropy_from_logits(z + step) - h).item() / eps == pytest.approx(-(s[k] - n).item(), abs=1e-5)
+
+
+def test_discriminator_batch_stats_split_and_padding():
+    mask, _, old, adv, entropy = _batch(15)
+    cfg = DiscriminatorClipConfig(mu=0.5)
+    whole = _filter(discriminator_clip, mask, cfg, entropy=entropy, old_logp=old, advantages=adv)
+    stats = discriminator_stats(mask=mask, old_logp=old, advantages=adv, entropy=entropy, cfg=cfg)
+    parts = [
+        _filter(
+            discriminator_clip, mask[sl], cfg, entropy=entropy[sl], old_logp=old[sl], advantages=adv[sl], stats=stats
+        )
+        for sl in (slice(0, 4), slice(4, 6))
+    ]
+    assert torch.equal(torch.cat([p[1] for p in parts]), whole[1]) and int((whole[1] != mask).sum()) > 0
+    pad = torch.full((6, 2), float("nan"), dtype=torch.float64)
+    wide = _filter(discriminator_clip, torch.cat([mask, torch.zeros_like(pad)], 1), cfg,
+                   entropy=torch.cat([entropy, pad], 1), old_logp=torch.cat([old, pad], 1), advantages=adv)  # fmt: skip
+    assert torch.equal(wide[1][:, :9], whole[1])
+    for k in whole[2]:
+        torch.testing.assert_close(wide[2][k], whole[2][k])
+
+
+# ---------------------------------------------------------------------------------------------------- AEPO
+
+
+def test_aepo_note_example_value_as_ppo_gradient_kept():
+    # r = 1.5, eps_high = 0.2, A = 1: loss -1.2 as PPO, but d loss / d logp = -1.2 (PPO: 0).
+    logp = torch.tensor([[math.log(1.5)]], requires_grad=True)
+    loss, m = aepo(logp, torch.zeros(1, 1), torch.ones(1, 1), torch.ones(1, 1), cfg=AEPOConfig(eps_high=0.2))
+    (grad,) = torch.autograd.grad(loss.sum(), logp)
+    assert loss.item() == pytest.approx(-1.2) and grad.item() == pytest.approx(-1.2)
+    assert m["clip/frac_high"].item() == 1.0
+
+
+def test_aepo_values_equal_ppo_clip_and_gradients_differ_only_on_clipped():
+    mask, _, old, _, _ = _batch(16)
+    adv = torch.tensor([[2.0], [-1.0], [1.0], [-2.0], [1.5], [-0.5]], dtype=torch.float64)
+    logp = (old + 0.6 * torch.randn(old.shape, generator=_gen(0), dtype=torch.float64)).requires_grad_()
+    for sides in ("high", "both"):
+        cfg = AEPOConfig(eps_low=0.2, eps_high=0.28, sides=sides)
+        a, _ = aepo(logp, old, adv, mask, cfg=cfg)
+        b, _ = ppo_clip(logp, old, adv, mask, cfg=PPOClipConfig(eps_low=0.2, eps_high=0.28))
+        torch.testing.assert_close(a, b)
+        ga, gb = (torch.autograd.grad(x.sum(), logp)[0] for x in (a, b))
+        r = torch.exp(logp.detach() - old)
+        high = mask.bool() & (adv > 0) & (r > 1.28)
+        low = mask.bool() & (adv < 0) & (r < 0.8)
+        rescued = high | low if sides == "both" else high
+        assert int(high.sum()) > 0 and int(low.sum()) > 0
+        torch.testing.assert_close(ga[~rescued], gb[~rescued])
+        assert torch.all(gb[rescued] == 0)
+        torch.testing.assert_close(ga[high], (-adv.expand_as(r) * 1.28)[high])  # -A (1 + eps_high)
+        if sides == "both":
+            torch.testing.assert_close(ga[low], (-adv.expand_as(r) * 0.8)[low])  # -A (1 - eps_low) > 0
+        else:
+            assert torch.all(ga[low] == 0)
+
+
+def test_aepo_masked_garbage_and_entropy_weight():
+    mask = torch.tensor([[1.0, 1, 0]])
+    logp = torch.tensor([[-1.0, -2.0, float("nan")]], requires_grad=True)
+    loss, _ = aepo(logp, torch.tensor([[-1.5, -1.0, float("inf")]]), torch.tensor([[1.0, -1.0, float("nan")]]), mask,
+                   cfg=AEPOConfig(sides="both"))  # fmt: skip
+    (grad,) = torch.autograd.grad(loss.sum(), logp)
+    assert loss[0, 2] == 0 and grad[0, 2] == 0 and torch.isfinite(grad).all()
+    ent = torch.tensor([[0.0, 1.0, 2.0, 7.0]])
+    w, m, s = _filter(aepo_entropy_advantage, torch.tensor([[1.0, 1, 1, 0]]), AEPOEntropyAdvantageConfig(alpha=1.0),
+                      entropy=ent)  # fmt: skip
+    z = math.sqrt(1.5)  # (H - 1) / std, std = sqrt(2 / 3)
+    torch.testing.assert_close(w, torch.tensor([[0.0, 1.0, 1 + z, 1.0]]))  # 1 - 1.22 clamps at 0; padding 1
+    assert s["filter/entropy_weight_max"].item() == pytest.approx(1 + z)
+    w, m, _ = _filter(aepo_entropy_advantage, torch.ones(1, 4), AEPOEntropyAdvantageConfig(alpha=0.0), entropy=ent)
+    assert torch.equal(w, torch.ones(1, 4)) and torch.equal(m, torch.ones(1, 4))  # alpha = 0: no filter
+
+
+# --------------------------------------------------------------------------------------------------- SPEAR
+
+
+def test_spear_cov_clip_budget_band_and_equals_clip_cov_filter():
+    mask, _, _, _ = _thousand_tokens()
+    g = _gen(17)
+    old = -torch.rand(10, 120, generator=g, dtype=torch.float64) * 6
+    adv = torch.randn(10, 1, generator=g, dtype=torch.float64) * 4
+    w, m, s = _filter(spear_cov_clip, mask, SpearCovClipConfig(generator=_gen(5)), old_logp=old, advantages=adv)
+    cov = ops.centred_product(adv, old, mask)
+    band = mask.bool() & (cov > 1.0) & (cov < 40.0)
+    assert int((w == 0).sum()) == 20 == int(0.02 * 1000) < int(band.sum())  # SPEAR's 2 % of 1000 tokens
+    assert torch.all(band[w == 0]) and torch.equal(m, mask)
+    assert s["filter/frac_cov_detached"].item() == pytest.approx(0.02)
+    same = ClipCovConfig(ratio=0.02, cov_lb=1.0, cov_ub=40.0, generator=_gen(5))
+    assert torch.equal(_filter(clip_cov_filter, mask, same, old_logp=old, advantages=adv)[0], w)
+    w0, _, _ = _filter(spear_cov_clip, mask, SpearCovClipConfig(ratio=0.0), old_logp=old, advantages=adv)
+    assert torch.equal(w0, torch.ones_like(w0))  # ratio 0: no filter
+
+
+# --------------------------------------------------------------------------------------------- registry/config
+
+
+def test_registered_names_axes_and_reconstructed_flag():
+    assert registry.get("policy_loss", "clip_cov").config is registry.get("token_filter", "clip_cov").config
+    assert registry.get("token_filter", "aepo_entropy_advantage").reconstructed
+    assert not registry.get("policy_loss", "aepo").reconstructed
+    for axis, name in [("policy_loss", "clip_cov"), ("policy_loss", "kl_cov"), ("token_filter", "forking_tokens")]:
+        assert registry.get(axis, name).stats is not None
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda: ClipCovConfig(ratio=1.5), r"ratio.*1\.5"),
+        (lambda: ClipCovConfig(cov_lb=5.0, cov_ub=1.0), r"cov_lb=5\.0"),
+        (lambda: ClipCovConfig(eps_low=0.2), r"together"),
+        (lambda: ClipCovConfig(scope="global"), r"'global'"),
+        (lambda: KLCovConfig(coef=-1.0), r"coef.*-1\.0"),
+        (lambda: ForkingTokensConfig(rho=0.0), r"rho.*0\.0"),
+        (lambda: ForkingTokensConfig(selection="median"), r"'median'"),
+        (lambda: LowEntropyTokensConfig(drop="ignore"), r"'ignore'"),
+        (lambda: DiscriminatorClipConfig(variant="C"), r"'C'"),
+        (lambda: DiscriminatorClipConfig(mu=-2.5), r"mu.*-2\.5"),
+        (lambda: AEPOConfig(sides="low"), r"'low'"),
+        (lambda: AEPOEntropyAdvantageConfig(alpha=-0.1), r"alpha.*-0\.1"),
+        (lambda: SpearCovClipConfig(cov_lb=50.0), r"50\.0"),
+    ],
+)
+def test_config_validation_names_the_bad_value(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()

@@ -4,7 +4,6 @@ import itertools
 import math
 
 import pytest
-import torch
 
 from entrolab.evaluate import majority_at_k, passk_from_counts
 from entrolab.ops import pass_at_k

@@ -25,7 +25,7 @@ def test_rollout_logprobs_and_entropy_match_a_teacher_forced_pass(tiny, temperat
     )
     assert r.response_ids.shape[0] == 12 and r.prompt_ids.shape[0] == 12
     with torch.no_grad():
-        logp, ent = teacher_forced(model, r.prompt_ids, r.prompt_mask, r.response_ids, r.response_mask, temperature)
+        logp, ent, _ = teacher_forced(model, r.prompt_ids, r.prompt_mask, r.response_ids, r.response_mask, temperature)
         # the definition, written out: -(p log p).sum(-1) of the tempered distribution of a fresh pass
         from entrolab.rollout import response_logits
 

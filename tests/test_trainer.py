@@ -1,20 +1,22 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 
 import pytest
 import torch
 
 from entrolab import registry
-from entrolab.config import TrainConfig, base_config
+from entrolab.config import PRESETS, TrainConfig, base_config
 from entrolab.trainer import Methods, minibatch_loss_backward, prompts_at, train
 
 AGG_MODES = registry.names("aggregation")
 
 
-def small_cfg(model_dir, out, **kw) -> TrainConfig:
-    base = dict(
+def small_cfg(model_dir, out, base: TrainConfig | None = None, **kw) -> TrainConfig:
+    """A few tiny steps on the random tiny model; ``base`` (e.g. a preset) supplies the algorithm."""
+    small = dict(
         model=str(model_dir),
         task="arithmetic",
         out=str(out),
@@ -28,8 +30,7 @@ def small_cfg(model_dir, out, **kw) -> TrainConfig:
         save_every=1,
         progress=False,
     )
-    base.update(kw)
-    return TrainConfig(**base)
+    return replace(base or TrainConfig(), **{**small, **kw})
 
 
 def fake_batch(model, tok, b: int = 16, seed: int = 0):
@@ -65,8 +66,9 @@ def test_four_accumulated_micro_batches_give_the_gradient_of_one_big_batch(tiny_
     for mb in (None, 4):
         model.zero_grad(set_to_none=True)
         c = replace(cfg, micro_batch_size=mb)
-        metrics = minibatch_loss_backward(model, None, Methods(c), c, r, adv, r.response_mask,
-                                          torch.ones_like(r.response_mask), norm_len=12.0)  # fmt: skip
+        metrics = minibatch_loss_backward(
+            model, None, Methods(c), c, r, adv, r.response_mask, torch.ones_like(r.response_mask), norm_len=12.0
+        )
         out[mb] = (grads(model).clone(), metrics)
     full, micro = out[None][0], out[4][0]
     assert full.abs().max() > 1e-4  # a real gradient
@@ -93,9 +95,25 @@ def test_train_writes_metrics_summary_and_final_model(tiny_dir, tmp_path):
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == [0, 1, 2]
     step = lines[1]
-    for key in ("reward/mean", "reward/accuracy", "entropy/token_mean", "entropy/sampled_nll", "len/mean",
-                "clip/frac_low", "clip/frac_high", "kl/ref_mean", "adv/mean", "grad_norm", "lr", "time/rollout",
-                "time/update", "throughput/tokens_per_s", "eval/pass@1", "eval/pass@2", "loss/total"):  # fmt: skip
+    for key in (
+        "reward/mean",
+        "reward/accuracy",
+        "entropy/token_mean",
+        "entropy/sampled_nll",
+        "len/mean",
+        "clip/frac_low",
+        "clip/frac_high",
+        "kl/ref_mean",
+        "adv/mean",
+        "grad_norm",
+        "lr",
+        "time/rollout",
+        "time/update",
+        "throughput/tokens_per_s",
+        "eval/pass@1",
+        "eval/pass@2",
+        "loss/total",
+    ):
         assert key in step, key
     assert step["kl/ref_mean"] == pytest.approx(0.0, abs=1e-6)  # first update: policy == reference
     assert step["lr"] == pytest.approx(1e-3)
@@ -135,8 +153,14 @@ def test_a_raising_reward_function_stops_the_run_with_the_example(tiny_dir, tmp_
 
 
 def test_skip_drops_errored_samples_and_counts_them(tiny_dir, tmp_path):
-    cfg = small_cfg(tiny_dir, tmp_path / "run", reward_fn="tests.test_trainer:raising_reward",
-                    on_reward_error="skip", steps=1, prompts_per_step=16)  # fmt: skip
+    cfg = small_cfg(
+        tiny_dir,
+        tmp_path / "run",
+        reward_fn="tests.test_trainer:raising_reward",
+        on_reward_error="skip",
+        steps=1,
+        prompts_per_step=16,
+    )
     train(cfg, log=lambda *a: None)
     line = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[1])
     task_prompts = prompts_at(__import__("entrolab.tasks", fromlist=["make_task"]).make_task("arithmetic"), 0, 0, 16)
@@ -173,3 +197,45 @@ def test_presets_and_toml_and_overrides(tmp_path):
     cfg = base_config(None, str(toml))
     assert cfg.steps == 7 and cfg.preset == "dapo" and cfg.options == ("ppo_clip.eps_high=0.3",)
     assert cfg.method_options()["ppo_clip"] == {"eps_high": 0.3}
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_every_preset_trains_end_to_end(tiny_dir, tmp_path, preset):
+    """Each paper's recipe runs through the real trainer: finite metrics, every method's keys logged."""
+    cfg = small_cfg(
+        tiny_dir,
+        tmp_path / "run",
+        base=base_config(preset),
+        steps=2,
+        micro_batch_size=4,
+        reward_fn="tests.test_trainer:digit_frac",
+    )
+    train(cfg, log=lambda *a: None)
+    last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert all(math.isfinite(v) for v in last.values() if isinstance(v, float)), last
+    methods = Methods(cfg)
+    for entry, _ in [methods.advantage, methods.policy_loss, *methods.filters, *methods.regularizers]:
+        missing = [k for k in entry.metrics if k not in last]
+        assert not missing, (entry.name, missing)
+    if methods.schedules:
+        assert any(k.startswith("schedule/") for k in last)
+
+
+def test_schedule_state_survives_resume(tiny_dir, tmp_path):
+    """adaptive_entropy's coefficient continues from the checkpoint, not from its initial value."""
+    kw = dict(
+        reward_fn="tests.test_trainer:digit_frac",
+        regularizers=("entropy_bonus",),
+        schedules=("adaptive_entropy",),
+        options=("adaptive_entropy.target=10.0",),
+    )
+    full = small_cfg(tiny_dir, tmp_path / "full", steps=4, **kw)
+    train(full, log=lambda *a: None)
+    cut = small_cfg(tiny_dir, tmp_path / "cut", steps=2, **kw)
+    train(cut, log=lambda *a: None)
+    train(replace(cut, steps=4), resume=True, log=lambda *a: None)
+    a = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    b = [json.loads(x) for x in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    coef = [x["schedule/entropy_bonus.coef"] for x in a[1:]]
+    assert coef == sorted(coef) and coef[-1] > coef[0]  # entropy below the target: the bonus grows
+    assert coef == [x["schedule/entropy_bonus.coef"] for x in b[1:]]

@@ -27,7 +27,7 @@ class PretrainConfig:
 
     size: SizePreset = "tiny1m"
     """Model size preset."""
-    steps: int = 800
+    steps: int = 500
     """Optimizer steps."""
     batch_size: int = 64
     """Demonstrations per step."""

@@ -14,7 +14,8 @@ with one ordinary forward pass; the tests check that the two agree to 1e-5.
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, fields
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
 
 import torch
 
@@ -32,6 +33,7 @@ class Rollout:
     logp: torch.Tensor  # [B, T] log-prob of each generated token (0 on padding)
     entropy: torch.Tensor  # [B, T] full-distribution entropy at each step (0 on padding)
     truncated: torch.Tensor  # [B] bool, True when no EOS came within max_new_tokens
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> [B, T], see ``generate(extras=...)``
 
     @property
     def lengths(self) -> torch.Tensor:
@@ -43,7 +45,9 @@ class Rollout:
 
     def select(self, idx: torch.Tensor | slice) -> Rollout:
         """The rollout restricted to rows ``idx`` (a slice or an index tensor)."""
-        return Rollout(**{f.name: getattr(self, f.name)[idx] for f in fields(self)})
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out = {k: {n: x[idx] for n, x in v.items()} if k == "extras" else v[idx] for k, v in out.items()}
+        return Rollout(**out)
 
     @staticmethod
     def cat(parts: list[Rollout], pad_id: int) -> Rollout:
@@ -66,6 +70,7 @@ class Rollout:
             logp=torch.cat([pad(r.logp, t, 0, False) for r in parts]),
             entropy=torch.cat([pad(r.entropy, t, 0, False) for r in parts]),
             truncated=torch.cat([r.truncated for r in parts]),
+            extras={k: torch.cat([pad(r.extras[k], t, 0, False) for r in parts]) for k in parts[0].extras},
         )
 
 
@@ -103,6 +108,7 @@ def _sample_chunk(
     eos_id: int,
     pad_id: int,
     generator: torch.Generator | None,
+    extras: Mapping[str, Callable[[torch.Tensor], torch.Tensor]],
 ) -> Rollout:
     from transformers import DynamicCache
 
@@ -122,6 +128,7 @@ def _sample_chunk(
     logits = out.logits[:, -1].float()  # [b, V]
     pos = pos[:, -1:]
     ids, logps, ents, masks = [], [], [], []
+    more: dict[str, list[torch.Tensor]] = {k: [] for k in extras}
     done = torch.zeros(b, dtype=torch.bool, device=prompt_ids.device)
     for _ in range(max_new_tokens):
         z = logits / temperature
@@ -134,6 +141,8 @@ def _sample_chunk(
         masks.append(live)
         logps.append(torch.where(live, logprobs.gather(-1, nxt.unsqueeze(-1)).squeeze(-1), 0.0))
         ents.append(torch.where(live, entropy_from_logits(z), 0.0))
+        for k, fn in extras.items():
+            more[k].append(torch.where(live, fn(z), 0.0))
         done = done | (nxt == eos_id)
         if bool(done.all()):
             break
@@ -149,6 +158,7 @@ def _sample_chunk(
         logp=torch.stack(logps, 1),
         entropy=torch.stack(ents, 1),
         truncated=~done,
+        extras={k: torch.stack(v, 1) for k, v in more.items()},
     )
 
 
@@ -163,6 +173,7 @@ def generate(
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
     batch_size: int = 256,
+    extras: Mapping[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
 ) -> Rollout:
     """Sample ``group_size`` completions for each prompt, ``batch_size`` sequences per forward pass.
 
@@ -171,6 +182,8 @@ def generate(
         temperature: > 0; log-probs and entropies are those of softmax(logits / temperature).
         top_p: nucleus sampling mass in (0, 1]; 1 samples from the full distribution.
         generator: a ``torch.Generator`` on the model's device for reproducible sampling.
+        extras: more per-step quantities to record from the same pass: name -> fn(tempered logits [b, V]) -> [b]
+            (e.g. the vocabulary baseline of discriminator clipping); stored as ``rollout.extras[name]`` [B, T].
     Returns:
         A ``Rollout`` with prompt_ids/prompt_mask ``[B, Tp]`` and response_ids/response_mask/logp/entropy
         ``[B, T]`` (T = the longest completion), truncated ``[B]``.
@@ -206,6 +219,7 @@ def generate(
                     eos_id=tokenizer.eos_token_id,
                     pad_id=tokenizer.pad_token_id,
                     generator=generator,
+                    extras=extras or {},
                 )
             )
     finally:
@@ -236,11 +250,11 @@ def teacher_forced(
     response_ids: torch.Tensor,  # [B, T]
     response_mask: torch.Tensor,  # [B, T]
     temperature: float = 1.0,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Log-prob of each response token and full entropy of softmax(z / temperature), in one forward pass.
 
     Differentiable; masked positions hold whatever the model predicts there (callers mask them).
-    -> logp [B, T], entropy [B, T]
+    -> logp [B, T], entropy [B, T], tempered logits z [B, T, V]
     """
     z = upcast(response_logits(model, prompt_ids, prompt_mask, response_ids, response_mask)) / temperature
-    return logprobs_from_logits(z, response_ids), entropy_from_logits(z)
+    return logprobs_from_logits(z, response_ids), entropy_from_logits(z), z

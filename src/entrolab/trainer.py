@@ -15,6 +15,8 @@ Where it departs from the papers (and from verl / TRL):
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import functools
 import json
 import math
@@ -33,7 +35,7 @@ from entrolab import registry
 from entrolab.config import TrainConfig, save_json
 from entrolab.evaluate import decode_completions, evaluate
 from entrolab.models import load_policy, save_policy
-from entrolab.ops import group_view, masked_mean
+from entrolab.ops import discriminator_baseline_from_logits, group_view, masked_mean
 from entrolab.rewards import load_reward_fn, score_completions
 from entrolab.rollout import Rollout, generate, teacher_forced
 from entrolab.tasks import Example, Task, make_task
@@ -77,8 +79,19 @@ def lr_factor(cfg: TrainConfig, opt_step: int, total: int) -> float:
     return 1.0
 
 
+# Extra inputs a method may ask for with ``needs=(...)``; anything else fails at start-up.
+SUPPLIED_NEEDS = {
+    "ref_logp": "log-probs of the frozen reference model (a second model is loaded)",
+    "logits": "the tempered logits [B, T, V] of the update's forward pass",
+    "advantages": "the advantages of the micro-batch",
+    "old_entropy": "the rollout's (behaviour policy's) entropy [B, T]",
+    "vocab_baseline": "sum_j p_j^2 (H + log p_j) of the behaviour policy, recorded while sampling",
+}
+ROLLOUT_EXTRAS = {"vocab_baseline": discriminator_baseline_from_logits}
+
+
 class Methods:
-    """The registry entries and configs this run uses, looked up once."""
+    """The registry entries and configs this run uses, looked up once; ``configured`` applies schedules."""
 
     def __init__(self, cfg: TrainConfig) -> None:
         opts = cfg.method_options()
@@ -93,7 +106,81 @@ class Methods:
         self.shapers = [pick("reward_shaper", n) for n in cfg.reward_shapers]
         self.filters = [pick("token_filter", n) for n in cfg.token_filters]
         self.regularizers = [pick("regularizer", n) for n in cfg.regularizers]
-        self.needs_ref = any("ref_logp" in e.needs for e, _ in self.regularizers)
+        self.schedules = [pick("schedule", n) for n in cfg.schedules]
+        needs = {n for e, _ in [self.policy_loss, *self.filters, *self.regularizers] for n in e.needs}
+        unknown = sorted(needs - set(SUPPLIED_NEEDS))
+        if unknown:
+            raise ValueError(
+                f"a chosen method needs {unknown}, which the trainer cannot supply: {sorted(SUPPLIED_NEEDS)}"
+            )
+        self.needs = needs
+
+    def configured(self, values: dict[str, Any]) -> Methods:
+        """A copy whose configs take this step's scheduled values (``"method.field" -> value``)."""
+        if not values:
+            return self
+        by_name: dict[str, dict[str, Any]] = {}
+        for key, value in values.items():
+            name, _, fld = key.rpartition(".")
+            by_name.setdefault(name, {})[fld] = value
+        pairs = [self.advantage, self.policy_loss, *self.shapers, *self.filters, *self.regularizers]
+        missing = sorted(set(by_name) - {e.name for e, _ in pairs})
+        if missing:
+            raise ValueError(f"a schedule sets options of {missing}, which this run does not use")
+
+        def upd(pair: tuple[registry.Entry, Any]) -> tuple[registry.Entry, Any]:
+            entry, c = pair
+            return (entry, dataclasses.replace(c, **by_name[entry.name])) if entry.name in by_name else pair
+
+        new = copy.copy(self)
+        new.advantage, new.policy_loss = upd(self.advantage), upd(self.policy_loss)
+        new.shapers = [upd(p) for p in self.shapers]
+        new.filters = [upd(p) for p in self.filters]
+        new.regularizers = [upd(p) for p in self.regularizers]
+        return new
+
+
+def _needed(entry: registry.Entry, available: dict[str, Any]) -> dict[str, Any]:
+    return {k: available[k] for k in entry.needs if k != "ref_logp" and k in available}
+
+
+def _scope(cfg: Any) -> str:
+    return getattr(cfg, "scope", "batch")
+
+
+def apply_filters(
+    methods: Methods, cfg: TrainConfig, batch: Rollout, advantages: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+    """Run the token filters on one minibatch (per micro-batch for ``scope="micro_batch"``).
+
+    -> weight [b, T], mask [b, T], metrics. Filters see rollout-time tensors only, so running them before the
+    update lets the aggregation's token counts include every mask-out drop.
+    """
+    weight = torch.ones_like(mask)
+    metrics: dict[str, float] = {}
+    b = len(batch)
+    for entry, fcfg in methods.filters:
+        mb = cfg.micro_batch_size if _scope(fcfg) == "micro_batch" and cfg.micro_batch_size else b
+        weights, masks, sums = [], [], {}
+        total = max(float(mask.sum()), 1.0)
+        for start in range(0, b, mb):
+            sl = slice(start, start + mb)
+            extra = _needed(entry, {k: v[sl] for k, v in batch.extras.items()})
+            w, m, fm = entry.fn(
+                mask[sl],
+                cfg=fcfg,
+                entropy=batch.entropy[sl],
+                old_logp=batch.logp[sl],
+                advantages=advantages[sl],
+                truncated=batch.truncated[sl],
+                **extra,
+            )
+            weights.append(w)
+            masks.append(m)
+            _accumulate(sums, fm, float(mask[sl].sum()))  # token-weighted over the slices
+        weight, mask = weight * torch.cat(weights), torch.cat(masks)
+        metrics.update({k: v / total for k, v in sums.items()})
+    return weight, mask, metrics
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -115,32 +202,48 @@ def minibatch_loss_backward(
     num_seqs = float((mask.sum(-1) > 0).sum())
     b = len(batch)
     mb = cfg.micro_batch_size or b
+    pl_entry, pl_cfg = methods.policy_loss
+    batch_stats = None
+    if pl_entry.stats is not None and _scope(pl_cfg) == "batch":  # minibatch-wide statistics, computed once
+        batch_stats = pl_entry.stats(
+            mask=mask, old_logp=batch.logp, advantages=advantages, entropy=batch.entropy, cfg=pl_cfg
+        )
     sums: dict[str, float] = {}
     for start in range(0, b, mb):
         sl = slice(start, start + mb)
-        m = mask[sl]
         width = max(int(batch.response_mask[sl].sum(-1).max()), 1)  # trim right padding: results unchanged
-        m = m[:, :width]
+        m = mask[sl, :width]
         part = batch.select(sl)
         ids, resp_mask = part.response_ids[:, :width], part.response_mask[:, :width]
-        logp, entropy = teacher_forced(model, part.prompt_ids, part.prompt_mask, ids, resp_mask, cfg.temperature)
+        logp, entropy, logits = teacher_forced(
+            model, part.prompt_ids, part.prompt_mask, ids, resp_mask, cfg.temperature
+        )
         old_logp = part.logp[:, :width]
         adv = advantages[sl] if advantages.shape[1] == 1 else advantages[sl, :width]
-        pl_entry, pl_cfg = methods.policy_loss
-        loss, metrics = pl_entry.fn(logp, old_logp, adv, m, cfg=pl_cfg, entropy=entropy)
+        ref_logp = None
+        if "ref_logp" in methods.needs:
+            with torch.no_grad():
+                ref_logp, _, _ = teacher_forced(
+                    ref_model, part.prompt_ids, part.prompt_mask, ids, resp_mask, cfg.temperature
+                )
+        available = {
+            "logits": logits,
+            "advantages": adv,
+            "old_entropy": part.entropy[:, :width],
+            **{k: v[:, :width] for k, v in part.extras.items()},
+        }
+        extra = _needed(pl_entry, {**available, "ref_logp": ref_logp})
+        if batch_stats is not None:
+            extra["stats"] = {k: v[sl, :width] if v.dim() == 2 else v for k, v in batch_stats.items()}
+        loss, metrics = pl_entry.fn(logp, old_logp, adv, m, cfg=pl_cfg, entropy=entropy, **extra)
         loss = loss * weight[sl, :width]
         metrics = dict(metrics)
-        if methods.regularizers:
-            ref_logp = None
-            if methods.needs_ref:
-                with torch.no_grad():
-                    ref_logp, _ = teacher_forced(
-                        ref_model, part.prompt_ids, part.prompt_mask, ids, resp_mask, cfg.temperature
-                    )
-            for entry, rcfg in methods.regularizers:
-                term, rm = entry.fn(logp, m, cfg=rcfg, entropy=entropy, old_logp=old_logp, ref_logp=ref_logp)
-                loss = loss + term
-                metrics.update(rm)
+        for entry, rcfg in methods.regularizers:
+            term, rm = entry.fn(
+                logp, m, cfg=rcfg, entropy=entropy, old_logp=old_logp, ref_logp=ref_logp, **_needed(entry, available)
+            )
+            loss = loss + term
+            metrics.update(rm)
         total = methods.aggregation.fn(loss, m, num_tokens=num_tokens, num_seqs=num_seqs, norm_len=norm_len)
         total.backward()
         n = float(m.sum())
@@ -214,7 +317,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
     methods = Methods(cfg)
     reward_fn = load_reward_fn(cfg.reward_fn) if cfg.reward_fn else task.verify
     ref_model = None
-    if methods.needs_ref:
+    if "ref_logp" in methods.needs:
         ref_model, _ = load_policy(cfg.model)
         ref_model.eval().requires_grad_(False)
     run.mkdir(parents=True, exist_ok=True)
@@ -237,6 +340,8 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
 
     metrics_path = run / "metrics.jsonl"
     start_step, position, base_eval, elapsed = 0, 0, None, 0.0
+    schedule_state: dict[str, dict[str, float]] = {e.name: {} for e, _ in methods.schedules}
+    observed: dict[str, float] = {}  # the previous step's metrics, what the schedules react to
     if resume:
         ckpt = torch.load(run / CHECKPOINT, weights_only=False)
         model.load_state_dict(ckpt["model"])
@@ -249,6 +354,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
             ckpt["base_eval"],
             ckpt["elapsed"],
         )
+        schedule_state, observed = ckpt["schedule_state"], ckpt["observed"]
         # Drop metric lines written after the checkpoint: the resumed run writes them again.
         lines = metrics_path.read_text().splitlines() if metrics_path.exists() else []
         keep = [ln for ln in lines if _step_of(ln) <= start_step]
@@ -272,6 +378,8 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
                 "position": position,
                 "base_eval": base_eval,
                 "elapsed": elapsed + time.perf_counter() - t_start,
+                "schedule_state": schedule_state,
+                "observed": observed,
                 "config": cfg.to_json(),
             },
         )
@@ -282,6 +390,15 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
     with _StopFlag() as stop, _Progress(cfg, start_step, enabled=cfg.progress) as bar:
         for step in range(start_step + 1, cfg.steps + 1):
             t0 = time.perf_counter()
+            # --- schedules: this step's method options from the previous step's metrics --------------------
+            values: dict[str, Any] = {}
+            for entry, scfg in methods.schedules:
+                schedule_state[entry.name], v = entry.fn(
+                    schedule_state[entry.name], observed, cfg=scfg, step=step, total_steps=cfg.steps
+                )
+                values.update(v)
+            step_methods = methods.configured(values)
+            m: dict[str, float] = {f"schedule/{k}": float(v) for k, v in values.items()}
             # --- rollout ---------------------------------------------------------------------------------
             examples = prompts_at(task, cfg.seed, position, cfg.prompts_per_step)
             position += cfg.prompts_per_step
@@ -294,6 +411,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
                 temperature=cfg.temperature,
                 top_p=cfg.top_p,
                 generator=gen,
+                extras={k: ROLLOUT_EXTRAS[k] for k in methods.needs if k in ROLLOUT_EXTRAS},
             )
             t1 = time.perf_counter()
             # --- rewards ---------------------------------------------------------------------------------
@@ -302,8 +420,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
             scores = score_completions(texts, per_seq, reward_fn, on_error=cfg.on_reward_error)
             mask = rollout.response_mask * (~scores.errored).float().unsqueeze(-1)  # [B, T]
             rewards = _fill_errored(scores.reward, scores.errored, cfg.group_size)  # [B]
-            m: dict[str, float] = {}
-            for entry, scfg in methods.shapers:
+            for entry, scfg in step_methods.shapers:
                 rewards, sm = entry.fn(
                     rewards,
                     mask,
@@ -315,7 +432,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
                 )
                 m.update({k: float(v) for k, v in sm.items()})
             # --- advantages ------------------------------------------------------------------------------
-            adv_entry, adv_cfg = methods.advantage
+            adv_entry, adv_cfg = step_methods.advantage
             advantages, am = adv_entry.fn(rewards, mask, cfg=adv_cfg, group_size=cfg.group_size)
             m.update({k: float(v) for k, v in am.items()})
             t2 = time.perf_counter()
@@ -330,19 +447,9 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
                 for k in range(cfg.minibatches):
                     idx = order[k * size : (k + 1) * size]
                     part, adv, mk = rollout.select(idx), advantages[idx], mask[idx]
-                    weight = torch.ones_like(mk)
-                    for entry, fcfg in methods.filters:
-                        weight_f, mk, fm = entry.fn(
-                            mk,
-                            cfg=fcfg,
-                            entropy=part.entropy,
-                            old_logp=part.logp,
-                            advantages=adv,
-                            truncated=part.truncated,
-                        )
-                        weight = weight * weight_f
-                        _accumulate(sums, fm, 1.0)
-                    mm = minibatch_loss_backward(model, ref_model, methods, cfg, part, adv, mk, weight, norm_len)
+                    weight, mk, fm = apply_filters(step_methods, cfg, part, adv, mk)
+                    _accumulate(sums, fm, 1.0)
+                    mm = minibatch_loss_backward(model, ref_model, step_methods, cfg, part, adv, mk, weight, norm_len)
                     _accumulate(sums, mm, 1.0)
                     max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
                     grad_norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)))
@@ -383,6 +490,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
                 if step == cfg.steps:
                     final_eval = ev
             _append(metrics_path, {"step": step, **m})
+            observed = m
             bar.update(step, m)
             # --- checkpoint ------------------------------------------------------------------------------
             if stop.requested or (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps:

@@ -89,7 +89,7 @@ def test_data_order_is_a_pure_function_of_seed_and_position():
 
 
 def test_train_writes_metrics_summary_and_final_model(tiny_dir, tmp_path):
-    cfg = small_cfg(tiny_dir, tmp_path / "run", steps=2, eval_every=1, regularizers=("kl",))
+    cfg = small_cfg(tiny_dir, tmp_path / "run", steps=2, eval_every=1, regularizers=("kl",), lr=1e-3, warmup_steps=4)
     summary = train(cfg, log=lambda *a: None)
     run = tmp_path / "run"
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
@@ -116,7 +116,7 @@ def test_train_writes_metrics_summary_and_final_model(tiny_dir, tmp_path):
     ):
         assert key in step, key
     assert step["kl/ref_mean"] == pytest.approx(0.0, abs=1e-6)  # first update: policy == reference
-    assert step["lr"] == pytest.approx(1e-3)
+    assert [x.get("lr") for x in lines[1:]] == pytest.approx([1e-3 * 2 / 4, 1e-3 * 3 / 4])  # linear warm-up
     assert set(summary) >= {"base_eval", "final_eval", "wall_time_s", "config"}
     assert json.loads((run / "summary.json").read_text())["final_eval"] == summary["final_eval"]
     assert json.loads((run / "config.json").read_text())["regularizers"] == ["kl"]

@@ -99,12 +99,12 @@ class TrainConfig:
     """Optimizer steps per epoch (the batch is split into this many minibatches)."""
     micro_batch_size: int | None = None
     """Sequences per forward/backward (gradient accumulation); None = the whole minibatch."""
-    lr: float = 1e-3
-    """Peak AdamW learning rate."""
+    lr: float = 1e-4
+    """Peak AdamW learning rate (1e-4 suits the tiny models; 3e-4 already destabilises GRPO on them)."""
     lr_schedule: LRSchedule = "constant"
     """Learning-rate schedule after warm-up."""
-    warmup_steps: int = 0
-    """Linear warm-up, in optimizer steps."""
+    warmup_steps: int = 10
+    """Linear warm-up, in optimizer steps (softens Adam's first, sign-like steps)."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
     adam_betas: tuple[float, float] = (0.9, 0.99)

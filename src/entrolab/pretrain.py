@@ -108,7 +108,7 @@ def pretrain(
         sched.step()
         losses.append(loss.item())
         if log is not None:
-            log(step + 1, float(loss))
+            log(step + 1, losses[-1])
     seconds = time.perf_counter() - t0
     save_policy(model, tokenizer, out)
     stats = {

@@ -5,13 +5,11 @@ Each sub-command's flags come from a typed dataclass (field docstrings are the `
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -23,6 +21,8 @@ commands:
   train      RL post-training with a preset or a choice per axis; --resume RUN_DIR continues a run
   demo       base model (cached) + GRPO training + eval, one command
   methods    every registered method per axis, with its paper (--json for machine-readable)
+  compare    several methods x seeds on the same base model and data order, then the report
+  report     render CMP/report.html again from a comparison folder's saved metrics (no training)
 """
 
 
@@ -261,32 +261,15 @@ def _print_summary(summary: dict) -> None:
     Console().print(t)
 
 
-def default_cache() -> Path:
-    return Path(os.environ.get("ENTROLAB_CACHE", Path.home() / ".cache" / "entrolab"))
-
-
 def cmd_demo(argv: list[str]) -> int:
     from entrolab.config import base_config
-    from entrolab.pretrain import PretrainConfig, pretrain
+    from entrolab.pretrain import PretrainConfig, cached_base
     from entrolab.trainer import train
 
     args = _tyro(DemoArgs, argv, prog="entrolab demo")
     _setup(2)
     t0 = time.perf_counter()
-    pcfg = PretrainConfig(seed=args.seed)
-    key = hashlib.sha256(json.dumps([args.task, asdict(pcfg)], sort_keys=True).encode()).hexdigest()[:12]
-    base = Path(args.cache) if args.cache else default_cache()
-    base = base / "base" / f"{args.task}-{pcfg.size}-{key}"
-    if (base / "config.json").is_file() and (base / "model.safetensors").is_file():
-        print(f"using cached base model {base}")
-    else:
-        print(f"building the base model for {args.task} -> {base}")
-        tmp = base.with_name(base.name + f".tmp{os.getpid()}")
-        pretrain(_make_task(args.task, args.seed, None), tmp, pcfg, log=_pretrain_logger(pcfg.steps))
-        if base.exists():  # another process built it meanwhile
-            shutil.rmtree(tmp)
-        else:
-            tmp.replace(base)
+    base = cached_base(_make_task(args.task, args.seed, None), PretrainConfig(seed=args.seed), args.cache)
     cfg = replace(
         base_config("grpo"),
         model=str(base),
@@ -345,12 +328,33 @@ def cmd_methods(argv: list[str]) -> int:
     return 0
 
 
+def cmd_compare(argv: list[str]) -> int:
+    from entrolab.compare import CompareArgs, compare
+
+    args = _tyro(CompareArgs, argv, prog="entrolab compare")
+    compare(args)
+    return 0
+
+
+def cmd_report(argv: list[str]) -> int:
+    from entrolab.report import render_report
+
+    if len(argv) != 1 or argv[0].startswith("-"):
+        raise ValueError("usage: entrolab report CMP_DIR (a folder written by entrolab compare)")
+    if not Path(argv[0]).is_dir():
+        raise ValueError(f"comparison folder {argv[0]!r} does not exist")
+    print(f"report: {render_report(Path(argv[0]))}")
+    return 0
+
+
 COMMANDS = {
     "pretrain": cmd_pretrain,
     "eval": cmd_eval,
     "train": cmd_train,
     "demo": cmd_demo,
     "methods": cmd_methods,
+    "compare": cmd_compare,
+    "report": cmd_report,
 }
 
 
@@ -372,6 +376,12 @@ def main(argv: list[str] | None = None) -> int:
         return cmd(argv[1:])
     except RewardError as e:
         print(f"entrolab: reward error: {e}", file=sys.stderr)
+        return 1
+    except RuntimeError as e:  # e.g. compare: some runs failed (each was reported above)
+        print(f"entrolab: {e}", file=sys.stderr)
+        return 1
+    except RuntimeError as e:  # e.g. compare: some runs failed (each was reported above)
+        print(f"entrolab: {e}", file=sys.stderr)
         return 1
     except (ValueError, ModelLoadError, FileNotFoundError) as e:
         print(f"entrolab: error: {e}", file=sys.stderr)

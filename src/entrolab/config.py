@@ -15,7 +15,9 @@ import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+
+from tyro.conf import arg
 
 from entrolab import registry
 
@@ -55,6 +57,9 @@ class TrainConfig:
     """A named recipe (grpo, dr_grpo, dapo, rloo) applied before the config file and the flags."""
     seed: int = 0
     """Seed of the data order, the sampling and the minibatch shuffles."""
+    task_seed: int = 0
+    """Seed of the task's train/test split; kept apart from `seed` so that every seed of a comparison is
+    evaluated on the same test problems and none of them is in the base model's (seed 0) training split."""
     threads: int = 2
     """torch CPU threads."""
 
@@ -79,15 +84,15 @@ class TrainConfig:
     """Policy loss (surrogate)."""
     aggregation: str = "seq-mean-token-mean"
     """How the per-token loss is reduced to a scalar."""
-    reward_shapers: tuple[str, ...] = ()
+    reward_shapers: Annotated[tuple[str, ...], arg(aliases=("--reward-shaper",))] = ()
     """Reward shapers applied in order before the advantage."""
-    token_filters: tuple[str, ...] = ()
+    token_filters: Annotated[tuple[str, ...], arg(aliases=("--token-filter",))] = ()
     """Token filters / weighters applied to each minibatch."""
-    regularizers: tuple[str, ...] = ()
+    regularizers: Annotated[tuple[str, ...], arg(aliases=("--regularizer",))] = ()
     """Per-token terms added to the loss (kl, entropy_bonus, ...)."""
-    schedules: tuple[str, ...] = ()
+    schedules: Annotated[tuple[str, ...], arg(aliases=("--schedule",))] = ()
     """Controllers across steps that set other methods' options each step (adaptive_entropy, safe_pid, ...)."""
-    options: tuple[str, ...] = ()
+    options: Annotated[tuple[str, ...], arg(aliases=("--option",))] = ()
     """Method options as 'method.field=value', e.g. 'ppo_clip.eps_high=0.28' or 'kl.coef=0.01'."""
     norm_len: int | None = None
     """Constant of seq-mean-token-sum-norm (Dr.GRPO); defaults to max_new_tokens."""
@@ -123,6 +128,8 @@ class TrainConfig:
     """Write an atomic checkpoint every N steps (and on Ctrl-C / SIGTERM)."""
     progress: bool = True
     """Show a live progress bar."""
+    log_to: tuple[str, ...] = ()
+    """Extra metric sinks besides metrics.jsonl: tensorboard (RUN_DIR/tensorboard), mlflow (RUN_DIR/mlruns)."""
 
     def __post_init__(self) -> None:
         if not _VALIDATE.get():
@@ -170,6 +177,9 @@ class TrainConfig:
 
         if self.task not in TASKS:
             raise ValueError(f"unknown task {self.task!r}; known: {', '.join(TASKS)}")
+        bad_sinks = sorted(set(self.log_to) - {"tensorboard", "mlflow"})
+        if bad_sinks:
+            raise ValueError(f"unknown log_to sink(s) {bad_sinks}; allowed: tensorboard, mlflow")
         if self.task == "jsonl" and not self.task_path:
             raise ValueError("task=jsonl needs --task-path FILE.jsonl")
         if self.preset is not None and self.preset not in PRESETS:

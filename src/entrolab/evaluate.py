@@ -52,12 +52,16 @@ def evaluate(
     seed: int = 0,
     limit: int | None = None,
     batch_size: int = 256,
-) -> dict[str, float]:
+    return_detail: bool = False,
+) -> dict[str, float] | tuple[dict[str, float], dict[str, list]]:
     """Sample ``samples`` completions per prompt of ``split`` and report:
 
     ``accuracy`` (mean over all samples), ``mean_length`` (generated tokens, EOS included),
     ``format_error_rate``, ``truncated_rate``, ``entropy`` (mean full-distribution token entropy),
     ``pass@k`` for k in {1, 2, 4, 8, 16} with k <= samples (unbiased estimator), ``maj@N``, ``n_prompts``.
+
+    With ``return_detail`` also per-problem detail, for support and answer-level diagnostics:
+    ``{"ids": [P], "right": [P] right counts, "answers": [P][N] (None on a format error), "samples": N}``.
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
@@ -97,4 +101,12 @@ def evaluate(
         "n_prompts": float(len(examples)),
         "samples": float(samples),
     }
+    if return_detail:
+        detail = {
+            "ids": [e.id for e in examples],
+            "right": right.sum(1).tolist(),
+            "answers": answers,
+            "samples": samples,
+        }
+        return out, detail
     return out

@@ -7,9 +7,12 @@ The result is a normal Hugging Face model folder.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 import random
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -121,3 +124,39 @@ def pretrain(
     }
     (Path(out) / "pretrain.json").write_text(json.dumps(stats, indent=2))
     return stats
+
+
+def default_cache() -> Path:
+    """Where base models are cached: ``$ENTROLAB_CACHE`` or ``~/.cache/entrolab``."""
+    return Path(os.environ.get("ENTROLAB_CACHE", Path.home() / ".cache" / "entrolab"))
+
+
+def cached_base(
+    task: Task,
+    cfg: PretrainConfig = PretrainConfig(),
+    cache: str | Path | None = None,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """The base model for ``task`` and ``cfg``, built once and reused (keyed by task and every config field).
+
+    Built into a temporary folder and renamed, so a killed build never leaves a half-written base behind and
+    concurrent callers end with one complete folder.
+    """
+    key = hashlib.sha256(json.dumps([task.name, asdict(cfg)], sort_keys=True).encode()).hexdigest()[:12]
+    base = Path(cache or default_cache()) / "base" / f"{task.name}-{cfg.size}-{key}"
+    if (base / "config.json").is_file() and (base / "model.safetensors").is_file():
+        log(f"using cached base model {base}")
+        return base
+    log(f"building the base model for {task.name} -> {base}")
+    tmp = base.with_name(base.name + f".tmp{os.getpid()}")
+
+    def progress(step: int, loss: float) -> None:
+        if step % 100 == 0 or step == cfg.steps:
+            log(f"  step {step}/{cfg.steps}  loss {loss:.3f}")
+
+    pretrain(task, tmp, cfg, log=progress)
+    if base.exists():  # another process built it meanwhile
+        shutil.rmtree(tmp)
+    else:
+        tmp.replace(base)
+    return base

@@ -8,7 +8,8 @@ prompts). The same forward pass that samples records, for every generated token,
 - ``entropy``: the full-distribution entropy of that same tempered distribution,
 
 so no second forward pass is needed to get them. ``teacher_forced`` recomputes both for given sequences
-with one ordinary forward pass; the tests check that the two agree to 1e-5.
+with one ordinary forward pass (the LM head applied chunk by chunk, so the [B, T, V] logits never exist);
+the tests check that the two agree to 1e-5.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field, fields
 
 import torch
 
+from entrolab.logprob import chunked_logprob_entropy
 from entrolab.ops import entropy_from_logits, logprobs_from_logits, upcast
 
 
@@ -227,6 +229,30 @@ def generate(
     return parts[0] if len(parts) == 1 else Rollout.cat(parts, tokenizer.pad_token_id)
 
 
+def lm_head_parts(model):
+    """(base model, LM-head weight [V, D], bias [V] | None, logit multiplier) of a causal LM, or None.
+
+    None when the head is not a plain linear map of the base model's last hidden state followed by a constant
+    multiplier: a missing decoder or head, or ``final_logit_softcapping`` (Gemma 2/3), which is not linear.
+    The multiplier covers Cohere's ``logit_scale`` (logits * s) and Granite's ``logits_scaling`` (logits / s).
+    """
+    cfg = getattr(model, "config", None)
+    base = model.get_decoder() if hasattr(model, "get_decoder") else getattr(model, "model", None)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if base is None or base is model or not isinstance(head, torch.nn.Linear):
+        return None
+    if getattr(cfg, "final_logit_softcapping", None) is not None:
+        return None
+    scale = float(getattr(cfg, "logit_scale", None) or 1.0) / float(getattr(cfg, "logits_scaling", None) or 1.0)
+    return base, head.weight, head.bias, scale
+
+
+def _forward_inputs(prompt_ids, prompt_mask, response_ids, response_mask) -> dict[str, torch.Tensor]:
+    ids = torch.cat([prompt_ids, response_ids], 1)  # [B, Tp + T]
+    am = torch.cat([prompt_mask, response_mask.to(prompt_mask.dtype)], 1)  # [B, Tp + T]
+    return {"input_ids": ids, "attention_mask": am, "position_ids": (am.cumsum(-1) - 1).clamp(min=0)}
+
+
 def response_logits(
     model,
     prompt_ids: torch.Tensor,  # [B, Tp]
@@ -236,10 +262,8 @@ def response_logits(
 ) -> torch.Tensor:
     """Teacher-forced logits that predict each response token.  -> [B, T, V]"""
     t = response_ids.shape[1]
-    ids = torch.cat([prompt_ids, response_ids], 1)  # [B, Tp + T]
-    am = torch.cat([prompt_mask, response_mask.to(prompt_mask.dtype)], 1)  # [B, Tp + T]
-    pos = (am.cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=ids, attention_mask=am, position_ids=pos, logits_to_keep=t + 1).logits
+    inputs = _forward_inputs(prompt_ids, prompt_mask, response_ids, response_mask)
+    logits = model(**inputs, logits_to_keep=t + 1, use_cache=False).logits
     return logits[:, :-1]  # position Tp-1+i predicts response token i
 
 
@@ -250,11 +274,26 @@ def teacher_forced(
     response_ids: torch.Tensor,  # [B, T]
     response_mask: torch.Tensor,  # [B, T]
     temperature: float = 1.0,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return_logits: bool = False,
+    chunk_size: int = 1024,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Log-prob of each response token and full entropy of softmax(z / temperature), in one forward pass.
 
+    Without ``return_logits`` the LM head is applied chunk by chunk to the base model's hidden states
+    (``entrolab.logprob.chunked_logprob_entropy``), so the [B, T, V] logits never exist, in forward or backward;
+    a model whose head is not a plain linear map (``lm_head_parts`` is None) falls back to full logits.
     Differentiable; masked positions hold whatever the model predicts there (callers mask them).
-    -> logp [B, T], entropy [B, T], tempered logits z [B, T, V]
+    -> logp [B, T], entropy [B, T], tempered logits z [B, T, V] if ``return_logits`` else None
     """
-    z = upcast(response_logits(model, prompt_ids, prompt_mask, response_ids, response_mask)) / temperature
-    return logprobs_from_logits(z, response_ids), entropy_from_logits(z), z
+    parts = None if return_logits else lm_head_parts(model)
+    if parts is None:
+        z = upcast(response_logits(model, prompt_ids, prompt_mask, response_ids, response_mask)) / temperature
+        return logprobs_from_logits(z, response_ids), entropy_from_logits(z), z if return_logits else None
+    base, weight, bias, scale = parts
+    t = response_ids.shape[1]
+    inputs = _forward_inputs(prompt_ids, prompt_mask, response_ids, response_mask)
+    hidden = base(**inputs, use_cache=False).last_hidden_state[:, -(t + 1) : -1]  # [B, T, D]
+    logp, entropy = chunked_logprob_entropy(
+        hidden, weight, response_ids, temperature=temperature / scale, bias=bias, chunk_size=chunk_size
+    )
+    return logp, entropy, None

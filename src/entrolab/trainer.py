@@ -33,11 +33,13 @@ import torch
 
 from entrolab import registry
 from entrolab.config import TrainConfig, save_json
+from entrolab.diagnostics import entropy_change_prediction
 from entrolab.evaluate import decode_completions, evaluate
 from entrolab.models import load_policy, save_policy
 from entrolab.ops import discriminator_baseline_from_logits, group_view, masked_mean
 from entrolab.rewards import load_reward_fn, score_completions
 from entrolab.rollout import Rollout, generate, teacher_forced
+from entrolab.sinks import make_sinks
 from entrolab.tasks import Example, Task, make_task
 
 CHECKPOINT = "checkpoint.pt"
@@ -48,7 +50,7 @@ CHECKPOINT = "checkpoint.pt"
 # ----------------------------------------------------------------------------------------------------------
 def build_task(cfg: TrainConfig) -> Task:
     options = {"path": cfg.task_path} if cfg.task == "jsonl" else {}
-    return make_task(cfg.task, seed=cfg.seed, **options)
+    return make_task(cfg.task, seed=cfg.task_seed, **options)
 
 
 @functools.lru_cache(maxsize=4)
@@ -216,7 +218,7 @@ def minibatch_loss_backward(
         part = batch.select(sl)
         ids, resp_mask = part.response_ids[:, :width], part.response_mask[:, :width]
         logp, entropy, logits = teacher_forced(
-            model, part.prompt_ids, part.prompt_mask, ids, resp_mask, cfg.temperature
+            model, part.prompt_ids, part.prompt_mask, ids, resp_mask, cfg.temperature, "logits" in methods.needs
         )
         old_logp = part.logp[:, :width]
         adv = advantages[sl] if advantages.shape[1] == 1 else advantages[sl, :width]
@@ -339,6 +341,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
     )
 
     metrics_path = run / "metrics.jsonl"
+    sinks = make_sinks(cfg.log_to, run, cfg.to_json())
     start_step, position, base_eval, elapsed = 0, 0, None, 0.0
     schedule_state: dict[str, dict[str, float]] = {e.name: {} for e, _ in methods.schedules}
     observed: dict[str, float] = {}  # the previous step's metrics, what the schedules react to
@@ -364,7 +367,10 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
         save_json(cfg, run / "config.json")
         metrics_path.write_text("")
         base_eval = evaluate(model, tokenizer, task, seed=cfg.seed, **eval_kw)
-        _append(metrics_path, {"step": 0, **{f"eval/{k}": v for k, v in base_eval.items()}})
+        row = {f"eval/{k}": v for k, v in base_eval.items()}
+        _append(metrics_path, {"step": 0, **row})
+        for sink in sinks:
+            sink.log(0, row)
 
     def checkpoint(step: int) -> None:
         save_checkpoint(
@@ -386,6 +392,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
 
     t_start = time.perf_counter()
     final_eval: dict[str, float] | None = None
+    final_detail: dict[str, Any] = {}
     step = start_step
     with _StopFlag() as stop, _Progress(cfg, start_step, enabled=cfg.progress) as bar:
         for step in range(start_step + 1, cfg.steps + 1):
@@ -435,6 +442,9 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
             adv_entry, adv_cfg = step_methods.advantage
             advantages, am = adv_entry.fn(rewards, mask, cfg=adv_cfg, group_size=cfg.group_size)
             m.update({k: float(v) for k, v in am.items()})
+            # the entropy change the Entropy Mechanism paper predicts from Cov(log pi, A), logged next to the
+            # observed change (entropy/token_mean of the next step minus this one)
+            m.update(entropy_change_prediction(rollout.logp, advantages, mask, lr=sched.get_last_lr()[0]))
             t2 = time.perf_counter()
             # --- PPO updates over minibatches ----------------------------------------------------------
             model.train()
@@ -485,11 +495,13 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
                 }
             )
             if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
-                ev = evaluate(model, tokenizer, task, seed=cfg.seed, **eval_kw)
+                ev, detail = evaluate(model, tokenizer, task, seed=cfg.seed, return_detail=True, **eval_kw)
                 m.update({f"eval/{k}": v for k, v in ev.items()})
                 if step == cfg.steps:
-                    final_eval = ev
+                    final_eval, final_detail = ev, detail
             _append(metrics_path, {"step": step, **m})
+            for sink in sinks:
+                sink.log(step, m)
             observed = m
             bar.update(step, m)
             # --- checkpoint ------------------------------------------------------------------------------
@@ -505,8 +517,11 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
 
     wall = elapsed + time.perf_counter() - t_start
     if final_eval is None:  # resumed after the last step
-        final_eval = evaluate(model, tokenizer, task, seed=cfg.seed, **eval_kw)
+        final_eval, final_detail = evaluate(model, tokenizer, task, seed=cfg.seed, return_detail=True, **eval_kw)
+    for sink in sinks:
+        sink.close()
     save_policy(model, tokenizer, run / "final")
+    _write_json(run / "eval_detail.json", final_detail)
     summary = {
         "base_eval": base_eval,
         "final_eval": final_eval,
@@ -515,10 +530,15 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
         "s_per_step": wall / max(cfg.steps, 1),
         "config": cfg.to_json(),
     }
-    tmp = run / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp, run / "summary.json")
+    _write_json(run / "summary.json", summary)
     return summary
+
+
+def _write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically (temp file + rename)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
 
 
 def _fill_errored(rewards: torch.Tensor, errored: torch.Tensor, group_size: int) -> torch.Tensor:

@@ -1,0 +1,377 @@
+"""entrolab vs TRL's GRPOTrainer: seconds per GRPO step and completion tokens per second, same model and task.
+
+    .venv-ref/bin/python benchmarks/vs_trl.py            # writes benchmarks/results/vs_trl.json and .md
+    .venv-ref/bin/python benchmarks/vs_trl.py --quick    # smoke run: 1 warm-up + 2 steps, 1 repeat
+
+Both sides run in the same venv (``.venv-ref``: trl 1.16, transformers 5.10.4, entrolab installed -e), each in
+a fresh subprocess with ``torch.set_num_threads(2)``, on the same local model folder (a fresh ``tiny1m`` from
+``build_tiny_model``, or ``--model PATH``, e.g. a base from ``entrolab pretrain``), with the same settings:
+the built-in ``arithmetic`` task's prompts as plain strings, its verifier as the reward, 8 prompts x group
+size 8 = 64 completions per step, at most 32 new tokens, temperature 1, top-p 1, no top-k, one PPO epoch
+(TRL ``num_iterations=1``), one optimizer step per generation batch, no KL (beta 0), GRPO loss
+(seq-mean-token-mean; TRL ``loss_type="grpo"``), AdamW lr 1e-4 constant, betas (0.9, 0.99), clip 1.0, fp32, no
+vLLM. The two run alternately (order swapped every repeat), a warm-up step each, then ``--steps`` steps.
+
+What is timed, per step:
+- TRL: wall time from ``on_step_begin`` to ``on_step_end`` of a ``TrainerCallback``: generation, reward,
+  advantages, forward/backward and the optimizer step (logging after the step is not counted).
+- entrolab: the trainer's own ``time/step`` (rollout, reward, advantages, update incl. the optimizer step).
+Completion tokens per step are 64 x the mean completion length (EOS included) each side logs.
+
+entrolab's step is also compared with its bare parts, measured in the same process right after training on
+the same model: one ``entrolab.rollout.generate`` of the 64-sequence batch alone, plus one forward+backward
+(``teacher_forced`` and a mean log-prob loss, no optimizer) over exactly those tokens. The overhead ratio is
+per token: (step seconds / step tokens) / ((generate + forward-backward seconds) / bare tokens).
+
+If entrolab is under 3x TRL (or with ``--profile``), one more entrolab run is profiled with pyinstrument and the
+text report is written to ``benchmarks/results/vs_trl_profile.txt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+OUT = Path(__file__).parent / "results"
+P, G, MAX_NEW, LR = 8, 8, 32, 1e-4
+
+
+def _setup() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import torch
+
+    torch.set_num_threads(2)
+
+
+def run_trl(model_dir: str, steps: int, warmup: int) -> dict:
+    _setup()
+    import torch
+    import transformers
+    import trl
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from entrolab.tasks import make_task
+
+    transformers.logging.set_verbosity_error()
+    task = make_task("arithmetic", seed=0)
+    examples = list(task.train[: 64 * P])
+    ds = Dataset.from_list([{"prompt": task.prompt(e), "idx": i} for i, e in enumerate(examples)])
+
+    def verifier(prompts, completions, idx, **kw) -> list[float]:
+        return [float(task.verify(c, examples[i]).score) for c, i in zip(completions, idx, strict=True)]
+
+    class Timer(TrainerCallback):
+        def __init__(self) -> None:
+            self.times: list[float] = []
+            self.lengths: list[float] = []
+            self.threads = 0
+
+        def on_step_begin(self, args, state, control, **kw):
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            self.times.append(time.perf_counter() - self.t0)
+            self.threads = torch.get_num_threads()
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "completions/mean_length" in logs:
+                self.lengths.append(float(logs["completions/mean_length"]))
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
+    with tempfile.TemporaryDirectory() as out:
+        cfg = GRPOConfig(
+            output_dir=out,
+            max_steps=warmup + steps,
+            per_device_train_batch_size=P * G,
+            gradient_accumulation_steps=1,
+            num_generations=G,
+            max_completion_length=MAX_NEW,
+            temperature=1.0,
+            top_p=1.0,
+            top_k=0,
+            num_iterations=1,
+            beta=0.0,
+            loss_type="grpo",
+            learning_rate=LR,
+            lr_scheduler_type="constant",
+            warmup_steps=0,
+            adam_beta2=0.99,
+            weight_decay=0.0,
+            max_grad_norm=1.0,
+            optim="adamw_torch",
+            logging_steps=1,
+            report_to="none",
+            use_vllm=False,
+            use_cpu=True,
+            bf16=False,
+            save_strategy="no",
+            disable_tqdm=True,
+            seed=0,
+        )
+        timer = Timer()
+        trainer = GRPOTrainer(model=model, processing_class=tok, reward_funcs=verifier, args=cfg, train_dataset=ds)
+        trainer.add_callback(timer)
+        trainer.train()
+    times, lengths = timer.times[warmup:], timer.lengths[warmup:]
+    return {
+        "side": "trl",
+        "trl": trl.__version__,
+        "transformers": transformers.__version__,
+        "threads": timer.threads,
+        "step_s": times,
+        "tokens": [n * P * G for n in lengths],
+    }
+
+
+def run_entrolab(model_dir: str, steps: int, warmup: int, profile: bool = False) -> dict:
+    _setup()
+    from dataclasses import replace
+
+    import torch
+
+    from entrolab.config import base_config
+    from entrolab.models import load_policy
+    from entrolab.rollout import generate, teacher_forced
+    from entrolab.tasks import make_task
+    from entrolab.trainer import train
+
+    with tempfile.TemporaryDirectory() as out:
+        cfg = replace(
+            base_config("grpo"),
+            model=model_dir,
+            task="arithmetic",
+            out=out,
+            steps=warmup + steps,
+            prompts_per_step=P,
+            group_size=G,
+            max_new_tokens=MAX_NEW,
+            temperature=1.0,
+            top_p=1.0,
+            ppo_epochs=1,
+            minibatches=1,
+            micro_batch_size=None,
+            lr=LR,
+            lr_schedule="constant",
+            warmup_steps=0,
+            eval_every=0,
+            eval_samples=1,
+            eval_prompts=1,
+            save_every=0,
+            progress=False,
+            threads=2,
+        )
+        profiler = None
+        if profile:
+            from pyinstrument import Profiler
+
+            profiler = Profiler(interval=0.002)
+            profiler.start()
+        train(cfg, log=lambda *a: None)
+        if profiler is not None:
+            profiler.stop()
+            OUT.mkdir(exist_ok=True)
+            (OUT / "vs_trl_profile.txt").write_text(profiler.output_text(unicode=False, color=False, show_all=False))
+        rows = [json.loads(x) for x in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if r["step"] > warmup and "time/step" in r]
+    result = {
+        "side": "entrolab",
+        "threads": torch.get_num_threads(),
+        "step_s": [r["time/step"] for r in rows],
+        "rollout_s": [r["time/rollout"] for r in rows],
+        "reward_s": [r["time/reward"] for r in rows],
+        "update_s": [r["time/update"] for r in rows],
+        "tokens": [r["len/mean"] * P * G for r in rows],
+    }
+    # --- bare parts: KV-cache generation of one batch alone + one forward/backward over the same tokens ------
+    model, tok = load_policy(model_dir)
+    task = make_task("arithmetic", seed=0)
+    prompts = [task.prompt(e) for e in task.train[:P]]
+    gen = torch.Generator().manual_seed(0)
+    bare = {"generate_s": [], "fwd_bwd_s": [], "tokens": []}
+    for _ in range(max(steps, 2) + 1):
+        t0 = time.perf_counter()
+        r = generate(model, tok, prompts, group_size=G, max_new_tokens=MAX_NEW, temperature=1.0, generator=gen)
+        t1 = time.perf_counter()
+        model.train()
+        logp, _, _ = teacher_forced(model, r.prompt_ids, r.prompt_mask, r.response_ids, r.response_mask, 1.0)
+        loss = -(logp * r.response_mask).sum() / r.response_mask.sum()
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+        t2 = time.perf_counter()
+        bare["generate_s"].append(t1 - t0)
+        bare["fwd_bwd_s"].append(t2 - t1)
+        bare["tokens"].append(float(r.response_mask.sum()))
+    result["bare"] = {k: v[1:] for k, v in bare.items()}  # the first is a warm-up
+    return result
+
+
+def child(side: str, model_dir: str, steps: int, warmup: int) -> dict:
+    cmd = [sys.executable, __file__, "--child", json.dumps([side, model_dir, steps, warmup])]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"{side} run failed:\n{out.stderr[-4000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def summarise(run: dict) -> dict:
+    s = {
+        "s_per_step": statistics.median(run["step_s"]),
+        "tokens_per_s": sum(run["tokens"]) / sum(run["step_s"]),
+        "mean_tokens_per_step": statistics.mean(run["tokens"]),
+    }
+    if "bare" in run:
+        b = run["bare"]
+        parts_s = statistics.median(g + f for g, f in zip(b["generate_s"], b["fwd_bwd_s"], strict=True))
+        parts_per_token = sum(b["generate_s"] + b["fwd_bwd_s"]) / sum(b["tokens"])
+        s.update(
+            generate_s=statistics.median(b["generate_s"]),
+            fwd_bwd_s=statistics.median(b["fwd_bwd_s"]),
+            parts_s=parts_s,
+            step_over_parts_per_token=(sum(run["step_s"]) / sum(run["tokens"])) / parts_per_token,
+            rollout_s=statistics.median(run["rollout_s"]),
+            reward_s=statistics.median(run["reward_s"]),
+            update_s=statistics.median(run["update_s"]),
+        )
+    return s
+
+
+def _mmm(xs: list[float]) -> dict:
+    return {"min": min(xs), "median": statistics.median(xs), "max": max(xs)}
+
+
+def build_model(out: Path) -> str:
+    from entrolab.models import build_tiny_model, build_tokenizer, save_policy
+
+    tok = build_tokenizer()
+    return str(save_policy(build_tiny_model(tok, "tiny1m", seed=0), tok, out))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="smoke run: 1 warm-up + 2 steps, 1 repeat")
+    ap.add_argument("--model", help="local HF model folder (default: a fresh tiny1m, saved to a temp folder)")
+    ap.add_argument("--steps", type=int, default=5, help="timed steps per run, after the warm-up")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--profile", action="store_true", help="always profile entrolab's step with pyinstrument")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        side, model_dir, steps, warmup = json.loads(args.child)
+        if side == "trl":
+            res = run_trl(model_dir, steps, warmup)
+        else:
+            res = run_entrolab(model_dir, steps, warmup, profile=side == "entrolab-profile")
+        print(json.dumps(res))
+        return
+    steps, repeats, warmup = (2, 1, 1) if args.quick else (args.steps, args.repeats, 1)
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = args.model or build_model(Path(tmp) / "tiny1m")
+        model_name = args.model or "fresh tiny1m (build_tiny_model seed 0)"
+        reps = []
+        for i in range(repeats):
+            order = ("trl", "entrolab") if i % 2 == 0 else ("entrolab", "trl")
+            runs = {side: child(side, model_dir, steps, warmup) for side in order}
+            rep = {side: {**summarise(run), "raw": run} for side, run in runs.items()}
+            rep["speedup_s_per_step"] = rep["trl"]["s_per_step"] / rep["entrolab"]["s_per_step"]
+            rep["speedup_tokens_per_s"] = rep["entrolab"]["tokens_per_s"] / rep["trl"]["tokens_per_s"]
+            reps.append(rep)
+            print(
+                f"repeat {i + 1}/{repeats}: TRL {rep['trl']['s_per_step']:.2f} s/step, "
+                f"entrolab {rep['entrolab']['s_per_step']:.2f} s/step, tokens/s ratio "
+                f"{rep['speedup_tokens_per_s']:.2f}, entrolab step / bare parts (per token) "
+                f"{rep['entrolab']['step_over_parts_per_token']:.2f}",
+                flush=True,
+            )
+        summary = {
+            "speedup_tokens_per_s": _mmm([r["speedup_tokens_per_s"] for r in reps]),
+            "speedup_s_per_step": _mmm([r["speedup_s_per_step"] for r in reps]),
+            "trl_s_per_step": _mmm([r["trl"]["s_per_step"] for r in reps]),
+            "entrolab_s_per_step": _mmm([r["entrolab"]["s_per_step"] for r in reps]),
+            "trl_tokens_per_s": _mmm([r["trl"]["tokens_per_s"] for r in reps]),
+            "entrolab_tokens_per_s": _mmm([r["entrolab"]["tokens_per_s"] for r in reps]),
+            "entrolab_step_over_parts_per_token": _mmm([r["entrolab"]["step_over_parts_per_token"] for r in reps]),
+        }
+        profiled = args.profile or summary["speedup_tokens_per_s"]["median"] < 3.0
+        if profiled:
+            child("entrolab-profile", model_dir, steps, warmup)
+    import torch
+
+    meta = {
+        "quick": args.quick,
+        "model": model_name,
+        "prompts_per_step": P,
+        "group_size": G,
+        "max_new_tokens": MAX_NEW,
+        "steps_timed": steps,
+        "warmup_steps": warmup,
+        "repeats": repeats,
+        "threads": 2,
+        "python": sys.executable,
+        "torch": torch.__version__,
+        "trl": reps[0]["trl"]["raw"]["trl"],
+        "transformers": reps[0]["trl"]["raw"]["transformers"],
+        "machine": platform.processor() or platform.machine(),
+        "targets": "entrolab >= 3x TRL in completion tokens/s; entrolab step <= 1.5x its bare parts",
+        "profile": "benchmarks/results/vs_trl_profile.txt" if profiled else None,
+    }
+    OUT.mkdir(exist_ok=True)
+    (OUT / "vs_trl.json").write_text(json.dumps({"meta": meta, "summary": summary, "repeats": reps}, indent=2) + "\n")
+    write_md(meta, summary, reps)
+
+
+def write_md(meta: dict, summary: dict, reps: list[dict]) -> None:
+    def f(d: dict, fmt: str = "{:.2f}") -> str:
+        return " / ".join(fmt.format(d[k]) for k in ("min", "median", "max"))
+
+    lines = [
+        "# entrolab vs TRL GRPOTrainer, one GRPO step (CPU, 2 threads)",
+        "",
+        f"Written by `.venv-ref/bin/python benchmarks/vs_trl.py{' --quick' if meta['quick'] else ''}`: "
+        f"{meta['model']}, arithmetic task, {meta['prompts_per_step']} prompts x group {meta['group_size']}, "
+        f"<= {meta['max_new_tokens']} new tokens, temperature 1, one PPO epoch, no KL, fp32; "
+        f"trl {meta['trl']}, transformers {meta['transformers']}, torch {meta['torch']}; "
+        f"{meta['repeats']} repeat(s) of {meta['warmup_steps']} warm-up + {meta['steps_timed']} timed steps "
+        "per side, sides alternating. Values are min / median / max over repeats.",
+        "",
+        "| quantity | min / median / max |",
+        "|---|---|",
+        f"| TRL s/step | {f(summary['trl_s_per_step'])} |",
+        f"| entrolab s/step | {f(summary['entrolab_s_per_step'])} |",
+        f"| TRL completion tokens/s | {f(summary['trl_tokens_per_s'], '{:.0f}')} |",
+        f"| entrolab completion tokens/s | {f(summary['entrolab_tokens_per_s'], '{:.0f}')} |",
+        f"| **speed-up, tokens/s (entrolab / TRL)** | {f(summary['speedup_tokens_per_s'])} |",
+        f"| speed-up, s/step (TRL / entrolab) | {f(summary['speedup_s_per_step'])} |",
+        f"| **entrolab step / (generate + fwd-bwd), per token** | {f(summary['entrolab_step_over_parts_per_token'])} |",
+        "",
+        "entrolab's step, per repeat (medians, seconds):",
+        "",
+        "| repeat | step | rollout | reward | update | bare generate | bare fwd+bwd | tokens/step |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for i, r in enumerate(reps):
+        e = r["entrolab"]
+        lines.append(
+            f"| {i + 1} | {e['s_per_step']:.3f} | {e['rollout_s']:.3f} | {e['reward_s']:.3f} | {e['update_s']:.3f} "
+            f"| {e['generate_s']:.3f} | {e['fwd_bwd_s']:.3f} | {e['mean_tokens_per_step']:.0f} |"
+        )
+    lines += ["", f"Targets: {meta['targets']}."]
+    if meta["profile"]:
+        lines.append(f"Profile of an entrolab run (pyinstrument): `{meta['profile']}`.")
+    (OUT / "vs_trl.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""`entrolab compare` and `entrolab report` as a user runs them: a small grid on the random tiny model."""
+
+from __future__ import annotations
+
+import json
+
+from tests.test_cli import entrolab
+
+SMALL = [
+    "--set",
+    "prompts_per_step=4",
+    "group_size=4",
+    "max_new_tokens=10",
+    "eval_samples=4",
+    "eval_prompts=6",
+    "reward_fn='tests.test_trainer:digit_frac'",
+    "save_every=1",
+]
+
+
+def test_compare_grid_skips_finished_runs_and_renders_the_report(tiny_dir, tmp_path):
+    cmp = tmp_path / "cmp"
+    args = [
+        "compare",
+        "--out",
+        str(cmp),
+        "--model",
+        str(tiny_dir),
+        "--methods",
+        "grpo,forking_tokens",
+        "--seeds",
+        "2",
+        "--steps",
+        "3",
+        "--eval-every",
+        "3",
+        "--workers",
+        "2",
+        "--no-progress",
+        *SMALL,
+    ]
+    entrolab(*args, timeout=600)
+    for method in ("grpo", "forking_tokens"):
+        for seed in (0, 1):
+            run = cmp / method / f"seed{seed}"
+            summary = json.loads((run / "summary.json").read_text())
+            assert summary["config"]["seed"] == seed and summary["config"]["preset"] == method
+            assert json.loads((run / "eval_detail.json").read_text())["samples"] == 4
+    # every run of a seed saw the same prompts: the base evaluation and the data order are shared
+    base = json.loads((cmp / "base_eval.json").read_text())
+    assert len(base["right"]) == 6 and len(base["answers"][0]) == 4
+    html = (cmp / "report.html").read_text()
+    assert "grpo" in html and "forking_tokens" in html and html.count("data:image/png;base64,") >= 5
+    # repeating the command skips the finished runs (their metrics are untouched)
+    before = (cmp / "grpo" / "seed0" / "metrics.jsonl").read_text()
+    entrolab(*args, timeout=600)
+    assert (cmp / "grpo" / "seed0" / "metrics.jsonl").read_text() == before
+    # the report renders again from the files alone
+    (cmp / "report.html").unlink()
+    out = entrolab("report", str(cmp))
+    assert (cmp / "report.html").is_file() and "report.html" in out.stdout
+
+
+def test_compare_rejects_unknown_methods_before_any_work(tmp_path):
+    proc = entrolab("compare", "--out", str(tmp_path / "c"), "--methods", "grpo,nope", check=False)
+    assert proc.returncode == 2
+    assert "unknown method(s) ['nope'] for compare; known presets:" in proc.stderr
+    assert not (tmp_path / "c").exists()
+
+
+def test_sinks_write_through_the_real_libraries(tiny_dir, tmp_path):
+    """--log-to tensorboard and mlflow (local file store) record the same numbers as metrics.jsonl."""
+    run = tmp_path / "run"
+    entrolab(
+        "train",
+        "--model",
+        str(tiny_dir),
+        "--out",
+        str(run),
+        "--steps",
+        "2",
+        "--prompts-per-step",
+        "2",
+        "--group-size",
+        "2",
+        "--max-new-tokens",
+        "6",
+        "--eval-samples",
+        "2",
+        "--eval-prompts",
+        "2",
+        "--no-progress",
+        "--log-to",
+        "tensorboard",
+        "mlflow",
+    )
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run / "tensorboard"))
+    acc.Reload()
+    tb = [(e.step, e.value) for e in acc.Scalars("entropy/token_mean")]
+    assert tb == [(r["step"], __import__("pytest").approx(r["entropy/token_mean"])) for r in rows[1:]]
+    import os
+
+    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    import mlflow
+
+    client = mlflow.tracking.MlflowClient((run / "mlruns").resolve().as_uri())
+    run_id = (run / "mlruns" / "entrolab_run_id").read_text().strip()
+    hist = client.get_metric_history(run_id, "eval/pass_at_1")
+    assert sorted(m.step for m in hist) == [0, 2]
+    assert client.get_run(run_id).data.params["max_new_tokens"] == "6"

@@ -378,8 +378,14 @@ def _disc_inputs(s_values, adv_signs):
 def test_clip_b_note_example():
     # S = [.30, .10, -.05, -.40, .05, 0], A = [+, -, -, -, +, -], mu = 1: mean 0, std 0.2102 -> only token 3.
     logp, entropy, adv = _disc_inputs([0.30, 0.10, -0.05, -0.40, 0.05, 0.00], [1.0, -1, -1, -1, 1, -1])
-    w, m, s = _filter(discriminator_clip, torch.ones(1, 6), DiscriminatorClipConfig(mu=1.0), entropy=entropy,
-                      old_logp=logp, advantages=adv)  # fmt: skip
+    w, m, s = _filter(
+        discriminator_clip,
+        torch.ones(1, 6),
+        DiscriminatorClipConfig(mu=1.0),
+        entropy=entropy,
+        old_logp=logp,
+        advantages=adv,
+    )
     assert m.tolist() == [[1.0, 1.0, 1.0, 0.0, 1.0, 1.0]] and torch.all(w == 1)
     assert s["disc/mean"].item() == pytest.approx(0.0, abs=1e-12)
     assert s["disc/std"].item() == pytest.approx(0.2102, abs=1e-4)
@@ -389,12 +395,24 @@ def test_clip_b_note_example():
 
 def test_clip_b_never_drops_positive_advantage_and_zero_spread_keeps_all():
     logp, entropy, adv = _disc_inputs([0.3, -0.3, -0.3, 0.3, -0.3, 0.3], [1.0, 1, 1, 1, 1, 1])
-    _, m, _ = _filter(discriminator_clip, torch.ones(1, 6), DiscriminatorClipConfig(mu=0.1), entropy=entropy,
-                      old_logp=logp, advantages=adv)  # fmt: skip
+    _, m, _ = _filter(
+        discriminator_clip,
+        torch.ones(1, 6),
+        DiscriminatorClipConfig(mu=0.1),
+        entropy=entropy,
+        old_logp=logp,
+        advantages=adv,
+    )
     assert torch.all(m == 1)
     logp, entropy, adv = _disc_inputs([0.2] * 6, [-1.0] * 6)
-    _, m, s = _filter(discriminator_clip, torch.ones(1, 6), DiscriminatorClipConfig(mu=0.1), entropy=entropy,
-                      old_logp=logp, advantages=adv)  # fmt: skip
+    _, m, s = _filter(
+        discriminator_clip,
+        torch.ones(1, 6),
+        DiscriminatorClipConfig(mu=0.1),
+        entropy=entropy,
+        old_logp=logp,
+        advantages=adv,
+    )
     assert torch.all(m == 1) and s["disc/std"].item() < 1e-12
 
 
@@ -409,12 +427,20 @@ def test_clip_v_note_cap_example_10000_tokens_drop_exactly_the_largest():
     adv = -torch.ones(100, 1, dtype=torch.float64)
     s = old_logp.exp() * (entropy + old_logp)
     cfg = DiscriminatorClipConfig(variant="V", mu=8.5, max_frac=1e-4)
-    _, m, metrics = _filter(discriminator_clip, mask, cfg, entropy=entropy, old_logp=old_logp, advantages=adv,
-                            vocab_baseline=d + s)  # fmt: skip
+    _, m, metrics = _filter(
+        discriminator_clip, mask, cfg, entropy=entropy, old_logp=old_logp, advantages=adv, vocab_baseline=d + s
+    )
     assert int((m == 0).sum()) == 1 and m[10, 2] == 0  # 5 candidates, cap max(1, 1e-4 * 10000) = 1: largest D
     assert metrics["disc/std"].item() == pytest.approx(d.std(unbiased=False).item())
-    _, m, _ = _filter(discriminator_clip, mask, DiscriminatorClipConfig(variant="V", mu=8.5, max_frac=1e-3),
-                      entropy=entropy, old_logp=old_logp, advantages=adv, vocab_baseline=d + s)  # fmt: skip
+    _, m, _ = _filter(
+        discriminator_clip,
+        mask,
+        DiscriminatorClipConfig(variant="V", mu=8.5, max_frac=1e-3),
+        entropy=entropy,
+        old_logp=old_logp,
+        advantages=adv,
+        vocab_baseline=d + s,
+    )
     assert int((m == 0).sum()) == 5  # under the cap (5 <= 10): every candidate goes
 
 
@@ -432,8 +458,14 @@ def test_clip_v_zero_advantage_tokens_and_missing_baseline():
     assert kept[0].tolist() == [1, 1, 1, 1, 1, 1, 1, 0]  # one-sided: only A < 0
     assert code[0].tolist() == [1, 1, 1, 1, 1, 1, 0, 0]  # the released Clip_V also drops the A = 0 token
     with pytest.raises(ValueError, match="vocab_baseline"):
-        _filter(discriminator_clip, torch.ones(1, 8), DiscriminatorClipConfig(variant="V"), entropy=entropy,
-                old_logp=logp, advantages=adv)  # fmt: skip
+        _filter(
+            discriminator_clip,
+            torch.ones(1, 8),
+            DiscriminatorClipConfig(variant="V"),
+            entropy=entropy,
+            old_logp=logp,
+            advantages=adv,
+        )
 
 
 def test_discriminator_identities_of_section_0():
@@ -471,8 +503,14 @@ def test_discriminator_batch_stats_split_and_padding():
     ]
     assert torch.equal(torch.cat([p[1] for p in parts]), whole[1]) and int((whole[1] != mask).sum()) > 0
     pad = torch.full((6, 2), float("nan"), dtype=torch.float64)
-    wide = _filter(discriminator_clip, torch.cat([mask, torch.zeros_like(pad)], 1), cfg,
-                   entropy=torch.cat([entropy, pad], 1), old_logp=torch.cat([old, pad], 1), advantages=adv)  # fmt: skip
+    wide = _filter(
+        discriminator_clip,
+        torch.cat([mask, torch.zeros_like(pad)], 1),
+        cfg,
+        entropy=torch.cat([entropy, pad], 1),
+        old_logp=torch.cat([old, pad], 1),
+        advantages=adv,
+    )
     assert torch.equal(wide[1][:, :9], whole[1])
     for k in whole[2]:
         torch.testing.assert_close(wide[2][k], whole[2][k])
@@ -517,13 +555,19 @@ def test_aepo_values_equal_ppo_clip_and_gradients_differ_only_on_clipped():
 def test_aepo_masked_garbage_and_entropy_weight():
     mask = torch.tensor([[1.0, 1, 0]])
     logp = torch.tensor([[-1.0, -2.0, float("nan")]], requires_grad=True)
-    loss, _ = aepo(logp, torch.tensor([[-1.5, -1.0, float("inf")]]), torch.tensor([[1.0, -1.0, float("nan")]]), mask,
-                   cfg=AEPOConfig(sides="both"))  # fmt: skip
+    loss, _ = aepo(
+        logp,
+        torch.tensor([[-1.5, -1.0, float("inf")]]),
+        torch.tensor([[1.0, -1.0, float("nan")]]),
+        mask,
+        cfg=AEPOConfig(sides="both"),
+    )
     (grad,) = torch.autograd.grad(loss.sum(), logp)
     assert loss[0, 2] == 0 and grad[0, 2] == 0 and torch.isfinite(grad).all()
     ent = torch.tensor([[0.0, 1.0, 2.0, 7.0]])
-    w, m, s = _filter(aepo_entropy_advantage, torch.tensor([[1.0, 1, 1, 0]]), AEPOEntropyAdvantageConfig(alpha=1.0),
-                      entropy=ent)  # fmt: skip
+    w, m, s = _filter(
+        aepo_entropy_advantage, torch.tensor([[1.0, 1, 1, 0]]), AEPOEntropyAdvantageConfig(alpha=1.0), entropy=ent
+    )
     z = math.sqrt(1.5)  # (H - 1) / std, std = sqrt(2 / 3)
     torch.testing.assert_close(w, torch.tensor([[0.0, 1.0, 1 + z, 1.0]]))  # 1 - 1.22 clamps at 0; padding 1
     assert s["filter/entropy_weight_max"].item() == pytest.approx(1 + z)

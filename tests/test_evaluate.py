@@ -62,8 +62,19 @@ def test_evaluate_reports_every_key_and_is_seeded(tiny):
     a = evaluate(model, tok, task, samples=4, limit=6, max_new_tokens=12, seed=3)
     b = evaluate(model, tok, task, samples=4, limit=6, max_new_tokens=12, seed=3)
     assert a == b
-    expected = {"accuracy", "mean_length", "format_error_rate", "truncated_rate", "entropy", "pass@1", "pass@2",
-                "pass@4", "maj@4", "n_prompts", "samples"}
+    expected = {
+        "accuracy",
+        "mean_length",
+        "format_error_rate",
+        "truncated_rate",
+        "entropy",
+        "pass@1",
+        "pass@2",
+        "pass@4",
+        "maj@4",
+        "n_prompts",
+        "samples",
+    }
     assert set(a) == expected
     assert a["n_prompts"] == 6 and a["pass@1"] == pytest.approx(a["accuracy"])
     assert 0 < a["mean_length"] <= 12 and 0 < a["entropy"] <= math.log(len(tok)) + 1e-4

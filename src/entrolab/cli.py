@@ -380,9 +380,6 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as e:  # e.g. compare: some runs failed (each was reported above)
         print(f"entrolab: {e}", file=sys.stderr)
         return 1
-    except RuntimeError as e:  # e.g. compare: some runs failed (each was reported above)
-        print(f"entrolab: {e}", file=sys.stderr)
-        return 1
     except (ValueError, ModelLoadError, FileNotFoundError) as e:
         print(f"entrolab: error: {e}", file=sys.stderr)
         return 2

@@ -257,43 +257,66 @@ PRESETS: dict[str, dict[str, Any]] = {
     # a static entropy bonus (the standard baseline of every entropy paper)
     "entropy_bonus": _recipe(regularizers=("entropy_bonus",), options=("entropy_bonus.coef=0.001",)),
     # Skywork-OR1 (arXiv:2505.22312): entropy bonus whose coefficient tracks a target entropy
-    "skywork_or1": _recipe(regularizers=("entropy_bonus",), schedules=("adaptive_entropy",),
-                           options=("entropy_bonus.coef=0.0",)),
+    "skywork_or1": _recipe(
+        regularizers=("entropy_bonus",), schedules=("adaptive_entropy",), options=("entropy_bonus.coef=0.0",)
+    ),
     # The Entropy Mechanism (arXiv:2505.22617): Clip-Cov / KL-Cov. Both act through log pi - log pi_old, so the
     # update is split into 4 minibatches (KL-Cov's term is exactly 0 on a purely on-policy pass).
-    "clip_cov": _recipe(policy_loss="clip_cov", minibatches=4,
-                        options=("clip_cov.ratio=0.0002", "clip_cov.cov_lb=1.0", "clip_cov.cov_ub=5.0")),
+    "clip_cov": _recipe(
+        policy_loss="clip_cov",
+        minibatches=4,
+        options=("clip_cov.ratio=0.0002", "clip_cov.cov_lb=1.0", "clip_cov.cov_ub=5.0"),
+    ),
     "kl_cov": _recipe(policy_loss="kl_cov", minibatches=4, options=("kl_cov.ratio=0.002", "kl_cov.coef=1.0")),
     # Beyond the 80/20 Rule (arXiv:2506.01939): DAPO clip, gradients through the top-20 % entropy tokens only
-    "forking_tokens": _recipe(token_filters=("forking_tokens",),
-                              options=(*DAPO_CLIP, "ppo_clip.dual_clip_c=10.0", "forking_tokens.rho=0.2")),
-    "low_entropy_tokens": _recipe(token_filters=("low_entropy_tokens",),
-                                  options=(*DAPO_CLIP, "ppo_clip.dual_clip_c=10.0", "low_entropy_tokens.rho=0.8")),
+    "forking_tokens": _recipe(
+        token_filters=("forking_tokens",), options=(*DAPO_CLIP, "ppo_clip.dual_clip_c=10.0", "forking_tokens.rho=0.2")
+    ),
+    "low_entropy_tokens": _recipe(
+        token_filters=("low_entropy_tokens",),
+        options=(*DAPO_CLIP, "ppo_clip.dual_clip_c=10.0", "low_entropy_tokens.rho=0.8"),
+    ),
     # On the Entropy Dynamics in RFT (arXiv:2602.03392): GRPO + discriminator clipping, Clip_B and Clip_V
     "clip_b": _recipe(token_filters=("discriminator_clip",), options=("discriminator_clip.variant='B'",)),
     "clip_v": _recipe(token_filters=("discriminator_clip",), options=("discriminator_clip.variant='V'",)),
     # Rethinking Entropy Interventions (arXiv:2510.10150): STEER token reweighting
     "steer": _recipe(policy_loss="steer"),
     # Rethinking Entropy Regularization (arXiv:2509.25133): SIREN, self-anchored top-p peak entropy
-    "siren": _recipe(advantage="dr_grpo", aggregation="seq-mean-token-sum-norm", regularizers=("siren",),
-                     schedules=("siren_anchor",),
-                     options=("ppo_clip.eps_low=0.28", "ppo_clip.eps_high=0.28", "siren.coef=0.005",
-                              "siren.top_p=0.8", "siren.quantile=0.8")),
+    "siren": _recipe(
+        advantage="dr_grpo",
+        aggregation="seq-mean-token-sum-norm",
+        regularizers=("siren",),
+        schedules=("siren_anchor",),
+        options=(
+            "ppo_clip.eps_low=0.28",
+            "ppo_clip.eps_high=0.28",
+            "siren.coef=0.005",
+            "siren.top_p=0.8",
+            "siren.quantile=0.8",
+        ),
+    ),
     # EPO (arXiv:2509.22576): entropy bonus + smoothing corridor with phase-based weighting
-    "epo": _recipe(regularizers=("epo",), schedules=("epo_phase",),
-                   options=("epo.coef=0.001", "epo.low_ratio=0.0", "epo.high_ratio=2.0")),
+    "epo": _recipe(
+        regularizers=("epo",),
+        schedules=("epo_phase",),
+        options=("epo.coef=0.001", "epo.low_ratio=0.0", "epo.high_ratio=2.0"),
+    ),
     # AEPO (arXiv:2510.14545): entropy-balanced clipping with stop-gradient + entropy-aware advantage weight
     "aepo": _recipe(policy_loss="aepo", token_filters=("aepo_entropy_advantage",)),
     # Light-IF (arXiv:2508.03178): TEA-RL entropy-weighted bonus with a k3 KL to the reference
     "tea_rl": _recipe(regularizers=("tea_rl", "kl"), options=("kl.coef=0.001", "kl.estimator='k3'")),
     # SAFE: entropy-gated KL with PID-controlled thresholds (code ryyzn9/SAFE)
-    "safe": _recipe(regularizers=("safe", "entropy_bonus"), schedules=("safe_pid",),
-                    options=("entropy_bonus.coef=0.01",)),
+    "safe": _recipe(
+        regularizers=("safe", "entropy_bonus"), schedules=("safe_pid",), options=("entropy_bonus.coef=0.01",)
+    ),
     # SPEAR (arXiv:2509.22601): Dr.BoT update with covariance-based token clipping
-    "spear": _recipe(advantage="dr_grpo", aggregation="seq-mean-token-sum-norm",
-                     token_filters=("overlong_filter", "spear_cov_clip"),
-                     options=(*DAPO_CLIP, "ppo_clip.dual_clip_c=10.0")),
-}  # fmt: skip
+    "spear": _recipe(
+        advantage="dr_grpo",
+        aggregation="seq-mean-token-sum-norm",
+        token_filters=("overlong_filter", "spear_cov_clip"),
+        options=(*DAPO_CLIP, "ppo_clip.dual_clip_c=10.0"),
+    ),
+}
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:

@@ -57,9 +57,38 @@ from entrolab.diagnostics import (
 )
 
 # t_{0.975, df} for df = 1..30; beyond, the Cornish-Fisher expansion (error < 1e-4).
-_T975 = (12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281, 2.2010, 2.1788,
-         2.1604, 2.1448, 2.1314, 2.1199, 2.1098, 2.1009, 2.0930, 2.0860, 2.0796, 2.0739, 2.0687, 2.0639,
-         2.0595, 2.0555, 2.0518, 2.0484, 2.0452, 2.0423)  # fmt: skip
+_T975 = (
+    12.7062,
+    4.3027,
+    3.1824,
+    2.7764,
+    2.5706,
+    2.4469,
+    2.3646,
+    2.3060,
+    2.2622,
+    2.2281,
+    2.2010,
+    2.1788,
+    2.1604,
+    2.1448,
+    2.1314,
+    2.1199,
+    2.1098,
+    2.1009,
+    2.0930,
+    2.0860,
+    2.0796,
+    2.0739,
+    2.0687,
+    2.0639,
+    2.0595,
+    2.0555,
+    2.0518,
+    2.0484,
+    2.0452,
+    2.0423,
+)
 
 
 def t_quantile_975(df: int) -> float:
@@ -285,8 +314,12 @@ def _passk_section(cmp: Comparison, colors):
     if not base_pts and _detail_of(cmp.base):
         base_pts = [_passk_points(cmp.base, {})]
     curves = {"base": base_pts}
-    curves.update({m: [_passk_points(None, r.final_eval) or _passk_points(r.detail, {}) for r in rs]
-                   for m, rs in cmp.runs.items()})  # fmt: skip
+    curves.update(
+        {
+            m: [_passk_points(None, r.final_eval) or _passk_points(r.detail, {}) for r in rs]
+            for m, rs in cmp.runs.items()
+        }
+    )
     for i, (name, pts) in enumerate(curves.items()):
         ks = sorted(set().union(*[set(p) for p in pts])) if pts else []
         if not ks:
@@ -298,8 +331,17 @@ def _passk_section(cmp: Comparison, colors):
         yerr = [mean - np.clip(mean - half, 0, 1), np.clip(mean + half, 0, 1) - mean]  # a probability stays in [0, 1]
         dodge = 2.0 ** (0.04 * (i - (len(curves) - 1) / 2))  # side by side, so the interval bars do not overlap
         color = BASE_COLOR if name == "base" else colors[name]
-        ax.errorbar(np.array(ks) * dodge, mean, yerr=yerr, color=color, marker="o", ms=4, capsize=3,
-                    ls="--" if name == "base" else "-", label=name)  # fmt: skip
+        ax.errorbar(
+            np.array(ks) * dodge,
+            mean,
+            yerr=yerr,
+            color=color,
+            marker="o",
+            ms=4,
+            capsize=3,
+            ls="--" if name == "base" else "-",
+            label=name,
+        )
     if not ax.lines:
         return None, "", notes
     ax.set_xscale("log", base=2)
@@ -451,10 +493,22 @@ def _support_section(cmp: Comparison, colors):
         ax_bar.scatter([i - 0.2] * len(finals), [s.expanded for s in finals], s=10, color="black", zorder=3)
         ax_bar.scatter([i + 0.2] * len(finals), [-s.shrunk for s in finals], s=10, color="black", zorder=3)
         ks = [s.k for s in per_method[method][0]]
-        ax_k.plot(ks, [np.mean([c[j].expanded for c in per_method[method]]) for j in range(len(ks))],
-                  color=colors[method], marker="o", ms=3.5, label=method)  # fmt: skip
-        ax_k.plot(ks, [-np.mean([c[j].shrunk for c in per_method[method]]) for j in range(len(ks))],
-                  color=colors[method], marker="s", ms=3.5, ls="--")  # fmt: skip
+        ax_k.plot(
+            ks,
+            [np.mean([c[j].expanded for c in per_method[method]]) for j in range(len(ks))],
+            color=colors[method],
+            marker="o",
+            ms=3.5,
+            label=method,
+        )
+        ax_k.plot(
+            ks,
+            [-np.mean([c[j].shrunk for c in per_method[method]]) for j in range(len(ks))],
+            color=colors[method],
+            marker="s",
+            ms=3.5,
+            ls="--",
+        )
         rows.append(
             [method, str(finals[0].k)]
             + [
@@ -585,11 +639,17 @@ code { background: #f5f5f5; padding: 0 0.2em; }
 
 
 _CURVES = (  # (panels of (metric key, y label), section name) of the step-curve sections
-    ([("eval/pass@1", "pass@1 (test)"), ("reward/accuracy", "accuracy (train rollouts)"),
-      ("entropy/token_mean", "token entropy (nats)")], "curves"),
+    (
+        [
+            ("eval/pass@1", "pass@1 (test)"),
+            ("reward/accuracy", "accuracy (train rollouts)"),
+            ("entropy/token_mean", "token entropy (nats)"),
+        ],
+        "curves",
+    ),
     ([("clip/frac_low", "fraction of tokens"), ("clip/frac_high", "fraction of tokens")], "clip"),
     ([("len/mean", "tokens"), ("len/truncated_frac", "fraction of samples")], "length"),
-)  # fmt: skip
+)
 
 
 def render_report(cmp_dir: str | Path, *, title: str | None = None) -> Path:
@@ -605,21 +665,45 @@ def render_report(cmp_dir: str | Path, *, title: str | None = None) -> Path:
     plots.mkdir(exist_ok=True)
     curves, clip, length = _CURVES
     sections = [
-        ("curves", "Accuracy and entropy during training", lambda: _curves_section(cmp, colors, *curves),
-         "Mean over seeds, shaded: 95 % t-interval. eval/pass@1 is measured every eval step on the test set "
-         "(step 0 = base model); reward/accuracy and entropy on each step's training rollouts."),
-        ("passk", "pass@k vs k", lambda: _passk_section(cmp, colors),
-         "Unbiased pass@k of the final models (mean over seeds, bars: 95 % t-interval); dashed: the base model."),
-        ("entropy_law", "Entropy–performance law", lambda: _law_section(cmp, colors),
-         "Cui et al. (arXiv:2505.22617): R = −a·exp(H) + b, fitted per method; the ceiling is R at H = 0."),
-        ("covariance", "Cov(log π, A) and the entropy change it predicts", lambda: _cov_section(cmp, colors),
-         "First-order, natural policy gradient: ΔH ≈ −η·Cov(log π, A) (methods_entropy.md §0–1)."),
-        ("clip", "Clip fractions", lambda: _curves_section(cmp, colors, *clip),
-         "Fraction of tokens whose lower (A < 0) or upper (A > 0) ratio clip is active."),
-        ("length", "Response length", lambda: _curves_section(cmp, colors, *length),
-         "Mean response length (EOS included) and fraction of samples truncated at max_new_tokens."),
+        (
+            "curves",
+            "Accuracy and entropy during training",
+            lambda: _curves_section(cmp, colors, *curves),
+            "Mean over seeds, shaded: 95 % t-interval. eval/pass@1 is measured every eval step on the test set "
+            "(step 0 = base model); reward/accuracy and entropy on each step's training rollouts.",
+        ),
+        (
+            "passk",
+            "pass@k vs k",
+            lambda: _passk_section(cmp, colors),
+            "Unbiased pass@k of the final models (mean over seeds, bars: 95 % t-interval); dashed: the base model.",
+        ),
+        (
+            "entropy_law",
+            "Entropy–performance law",
+            lambda: _law_section(cmp, colors),
+            "Cui et al. (arXiv:2505.22617): R = −a·exp(H) + b, fitted per method; the ceiling is R at H = 0.",
+        ),
+        (
+            "covariance",
+            "Cov(log π, A) and the entropy change it predicts",
+            lambda: _cov_section(cmp, colors),
+            "First-order, natural policy gradient: ΔH ≈ −η·Cov(log π, A) (methods_entropy.md §0–1).",
+        ),
+        (
+            "clip",
+            "Clip fractions",
+            lambda: _curves_section(cmp, colors, *clip),
+            "Fraction of tokens whose lower (A < 0) or upper (A > 0) ratio clip is active.",
+        ),
+        (
+            "length",
+            "Response length",
+            lambda: _curves_section(cmp, colors, *length),
+            "Mean response length (EOS included) and fraction of samples truncated at max_new_tokens.",
+        ),
         ("support", "Support: expansion and shrinkage against the base", lambda: _support_section(cmp, colors), ""),
-    ]  # fmt: skip
+    ]
     parts = []
     header, rows, bold = summary_rows(cmp)
     parts.append(

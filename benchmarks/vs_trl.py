@@ -4,8 +4,8 @@
     .venv-ref/bin/python benchmarks/vs_trl.py --quick    # smoke run: 1 warm-up + 2 steps, 1 repeat
 
 Both sides run in the same venv (``.venv-ref``: trl 1.16, transformers 5.10.4, entrolab installed -e), each in
-a fresh subprocess with ``torch.set_num_threads(2)``, on the same local model folder (a fresh ``tiny1m`` from
-``build_tiny_model``, or ``--model PATH``, e.g. a base from ``entrolab pretrain``), with the same settings:
+a fresh subprocess with ``torch.set_num_threads(2)`` (``--threads``), on the same local model folder (a fresh
+``tiny1m`` from ``build_tiny_model``, or ``--model PATH``, e.g. a base from ``entrolab pretrain``), with:
 the built-in ``arithmetic`` task's prompts as plain strings, its verifier as the reward, 8 prompts x group
 size 8 = 64 completions per step, at most 32 new tokens, temperature 1, top-p 1, no top-k, one PPO epoch
 (TRL ``num_iterations=1``), one optimizer step per generation batch, no KL (beta 0), GRPO loss
@@ -22,6 +22,9 @@ entrolab's step is also compared with its bare parts, measured in the same proce
 the same model: one ``entrolab.rollout.generate`` of the 64-sequence batch alone, plus one forward+backward
 (``teacher_forced`` and a mean log-prob loss, no optimizer) over exactly those tokens. The overhead ratio is
 per token: (step seconds / step tokens) / ((generate + forward-backward seconds) / bare tokens).
+
+On a shared machine use ``--threads 1``: two OpenMP threads on two busy cores can make the small matmuls of
+the tiny model 5-20x slower (barrier waits), which swamps everything else.
 
 If entrolab is under 3x TRL (or with ``--profile``), one more entrolab run is profiled with pyinstrument and the
 text report is written to ``benchmarks/results/vs_trl_profile.txt``.
@@ -44,16 +47,16 @@ OUT = Path(__file__).parent / "results"
 P, G, MAX_NEW, LR = 8, 8, 32, 1e-4
 
 
-def _setup() -> None:
+def _setup(threads: int) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import torch
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
 
 
-def run_trl(model_dir: str, steps: int, warmup: int) -> dict:
-    _setup()
+def run_trl(model_dir: str, steps: int, warmup: int, threads: int) -> dict:
+    _setup(threads)
     import torch
     import transformers
     import trl
@@ -135,8 +138,8 @@ def run_trl(model_dir: str, steps: int, warmup: int) -> dict:
     }
 
 
-def run_entrolab(model_dir: str, steps: int, warmup: int, profile: bool = False) -> dict:
-    _setup()
+def run_entrolab(model_dir: str, steps: int, warmup: int, threads: int, profile: bool = False) -> dict:
+    _setup(threads)
     from dataclasses import replace
 
     import torch
@@ -170,7 +173,7 @@ def run_entrolab(model_dir: str, steps: int, warmup: int, profile: bool = False)
             eval_prompts=1,
             save_every=0,
             progress=False,
-            threads=2,
+            threads=threads,
         )
         profiler = None
         if profile:
@@ -217,8 +220,8 @@ def run_entrolab(model_dir: str, steps: int, warmup: int, profile: bool = False)
     return result
 
 
-def child(side: str, model_dir: str, steps: int, warmup: int) -> dict:
-    cmd = [sys.executable, __file__, "--child", json.dumps([side, model_dir, steps, warmup])]
+def child(side: str, model_dir: str, steps: int, warmup: int, threads: int) -> dict:
+    cmd = [sys.executable, __file__, "--child", json.dumps([side, model_dir, steps, warmup, threads])]
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"{side} run failed:\n{out.stderr[-4000:]}")
@@ -264,15 +267,16 @@ def main() -> None:
     ap.add_argument("--model", help="local HF model folder (default: a fresh tiny1m, saved to a temp folder)")
     ap.add_argument("--steps", type=int, default=5, help="timed steps per run, after the warm-up")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads of both sides")
     ap.add_argument("--profile", action="store_true", help="always profile entrolab's step with pyinstrument")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        side, model_dir, steps, warmup = json.loads(args.child)
+        side, model_dir, steps, warmup, threads = json.loads(args.child)
         if side == "trl":
-            res = run_trl(model_dir, steps, warmup)
+            res = run_trl(model_dir, steps, warmup, threads)
         else:
-            res = run_entrolab(model_dir, steps, warmup, profile=side == "entrolab-profile")
+            res = run_entrolab(model_dir, steps, warmup, threads, profile=side == "entrolab-profile")
         print(json.dumps(res))
         return
     steps, repeats, warmup = (2, 1, 1) if args.quick else (args.steps, args.repeats, 1)
@@ -282,7 +286,7 @@ def main() -> None:
         reps = []
         for i in range(repeats):
             order = ("trl", "entrolab") if i % 2 == 0 else ("entrolab", "trl")
-            runs = {side: child(side, model_dir, steps, warmup) for side in order}
+            runs = {side: child(side, model_dir, steps, warmup, args.threads) for side in order}
             rep = {side: {**summarise(run), "raw": run} for side, run in runs.items()}
             rep["speedup_s_per_step"] = rep["trl"]["s_per_step"] / rep["entrolab"]["s_per_step"]
             rep["speedup_tokens_per_s"] = rep["entrolab"]["tokens_per_s"] / rep["trl"]["tokens_per_s"]
@@ -305,7 +309,7 @@ def main() -> None:
         }
         profiled = args.profile or summary["speedup_tokens_per_s"]["median"] < 3.0
         if profiled:
-            child("entrolab-profile", model_dir, steps, warmup)
+            child("entrolab-profile", model_dir, steps, warmup, args.threads)
     import torch
 
     meta = {
@@ -317,7 +321,7 @@ def main() -> None:
         "steps_timed": steps,
         "warmup_steps": warmup,
         "repeats": repeats,
-        "threads": 2,
+        "threads": args.threads,
         "python": sys.executable,
         "torch": torch.__version__,
         "trl": reps[0]["trl"]["raw"]["trl"],
@@ -336,7 +340,7 @@ def write_md(meta: dict, summary: dict, reps: list[dict]) -> None:
         return " / ".join(fmt.format(d[k]) for k in ("min", "median", "max"))
 
     lines = [
-        "# entrolab vs TRL GRPOTrainer, one GRPO step (CPU, 2 threads)",
+        f"# entrolab vs TRL GRPOTrainer, one GRPO step (CPU, {meta['threads']} threads)",
         "",
         f"Written by `.venv-ref/bin/python benchmarks/vs_trl.py{' --quick' if meta['quick'] else ''}`: "
         f"{meta['model']}, arithmetic task, {meta['prompts_per_step']} prompts x group {meta['group_size']}, "

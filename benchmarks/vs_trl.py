@@ -217,6 +217,23 @@ def run_entrolab(model_dir: str, steps: int, warmup: int, threads: int, profile:
         bare["fwd_bwd_s"].append(t2 - t1)
         bare["tokens"].append(float(r.response_mask.sum()))
     result["bare"] = {k: v[1:] for k, v in bare.items()}  # the first is a warm-up
+    if profile:  # which aten ops the two bare parts spend their time in
+        from torch.profiler import ProfilerActivity
+        from torch.profiler import profile as torch_profile
+
+        tables = []
+        for name in ("generate", "forward+backward"):
+            with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+                if name == "generate":
+                    generate(model, tok, prompts, group_size=G, max_new_tokens=MAX_NEW, generator=gen)
+                else:
+                    logp, _, _ = teacher_forced(model, r.prompt_ids, r.prompt_mask, r.response_ids, r.response_mask)
+                    (-(logp * r.response_mask).sum() / r.response_mask.sum()).backward()
+                    model.zero_grad(set_to_none=True)
+            tables.append(f"\n--- aten ops of one bare {name} (torch.profiler) ---\n")
+            tables.append(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+        with open(OUT / "vs_trl_profile.txt", "a") as f:
+            f.write("".join(tables))
     return result
 
 
@@ -314,6 +331,7 @@ def main() -> None:
 
     meta = {
         "quick": args.quick,
+        "command": " ".join([".venv-ref/bin/python benchmarks/vs_trl.py", *sys.argv[1:]]),
         "model": model_name,
         "prompts_per_step": P,
         "group_size": G,
@@ -342,7 +360,7 @@ def write_md(meta: dict, summary: dict, reps: list[dict]) -> None:
     lines = [
         f"# entrolab vs TRL GRPOTrainer, one GRPO step (CPU, {meta['threads']} threads)",
         "",
-        f"Written by `.venv-ref/bin/python benchmarks/vs_trl.py{' --quick' if meta['quick'] else ''}`: "
+        f"Written by `{meta['command']}`: "
         f"{meta['model']}, arithmetic task, {meta['prompts_per_step']} prompts x group {meta['group_size']}, "
         f"<= {meta['max_new_tokens']} new tokens, temperature 1, one PPO epoch, no KL, fp32; "
         f"trl {meta['trl']}, transformers {meta['transformers']}, torch {meta['torch']}; "

@@ -199,3 +199,33 @@ def test_teacher_forced_chunked_equals_full_logits_in_value_and_gradient(tiny, t
     assert torch.allclose(out[False][1], out[True][1], atol=1e-10)
     for a, b in zip(out[False][2], out[True][2], strict=True):
         assert torch.allclose(a, b, atol=1e-10)
+
+
+def test_lm_head_parts_finds_the_tied_head_and_refuses_modified_logits(tiny):
+    from entrolab.rollout import lm_head_parts
+
+    model, _ = tiny
+    base, weight, bias = lm_head_parts(model)
+    assert base is model.model and weight is model.model.embed_tokens.weight and bias is None
+    model.config.final_logit_softcapping = 30.0  # e.g. Gemma 2: tanh soft-capping is not a linear head
+    assert lm_head_parts(model) is None
+    model.config.final_logit_softcapping = None  # absent or None: chunked
+    model.config.logit_scale = 1.0  # a multiplier of 1 changes nothing
+    assert lm_head_parts(model) is not None
+
+
+def test_teacher_forced_falls_back_to_full_logits_for_modified_heads(tiny, monkeypatch):
+    model, tok = tiny
+    r = generate(model, tok, ["3+4=?\n"], group_size=2, max_new_tokens=6, generator=torch.Generator().manual_seed(0))
+    args = (r.prompt_ids, r.prompt_mask, r.response_ids, r.response_mask, 0.8)
+    with torch.no_grad():
+        chunked_lp, chunked_ent, _ = teacher_forced(model, *args)
+        model.config.logits_scaling = 2.0  # this Llama ignores it, so the fallback must give the same numbers
+
+        def not_called(*a, **k):
+            raise AssertionError("the chunked op must not run for a head with a logit modifier")
+
+        monkeypatch.setattr("entrolab.rollout.chunked_logprob_entropy", not_called)
+        lp, ent, z = teacher_forced(model, *args)
+    assert z is None
+    assert torch.allclose(lp, chunked_lp, atol=1e-5) and torch.allclose(ent, chunked_ent, atol=1e-5)

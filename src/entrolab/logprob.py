@@ -18,8 +18,11 @@ w.r.t. hidden, weight and bias all flow, so a weight tied to the input embedding
 Precision: the matmuls run in the inputs' dtype, as the model's own ``lm_head`` does (bf16 GEMMs accumulate in
 fp32 on GPU); logsumexp, softmax and entropy run in fp32 for bf16/fp16 inputs and in the inputs' dtype
 otherwise (fp64 stays fp64, so ``gradcheck`` works); the weight gradient is accumulated in that same fp32/fp64
-dtype across chunks. On the Qwen vocabulary (V = 151,936) one fp32 chunk of 1,024 tokens is 0.58 GiB; the
-peak extra memory is about three such buffers plus the weight gradient (see ``benchmarks/logprob_memory.py``).
+dtype across chunks (on CUDA each chunk's bf16 product comes out in fp32 too, so it is never rounded to bf16
+before the end). On the Qwen vocabulary (V = 151,936) one fp32 chunk of 1,024 tokens is 0.58 GiB, and the
+peak beyond the inputs and a weight-sized gradient is about two such buffers, whatever N: 1.17 GiB at
+1,024-token chunks and 0.29 GiB at 256 on CPU, where full logits need 2.4 GiB at N = 1,024 and 111 GiB at
+N = 32,768 (``benchmarks/logprob_memory.py``, ``benchmarks/results/logprob_memory*.md``).
 """
 
 from __future__ import annotations
@@ -72,7 +75,7 @@ class _ChunkedLogprobEntropy(torch.autograd.Function):
         acc = lse.dtype
         grad_logp = torch.zeros_like(lse) if grad_logp is None else grad_logp.to(acc)  # [N]
         grad_entropy = torch.zeros_like(lse) if grad_entropy is None else grad_entropy.to(acc)  # [N]
-        grad_h = torch.empty_like(hidden) if need_h else None  # [N, D]
+        grad_h = hidden.new_empty(hidden.shape) if need_h else None  # [N, D], contiguous
         grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None  # [V, D]
         grad_b = torch.zeros(weight.shape[0], dtype=acc, device=weight.device) if need_b else None  # [V]
         n_chunks = -(-hidden.shape[0] // ctx.chunk_size)
@@ -102,7 +105,9 @@ class _ChunkedLogprobEntropy(torch.autograd.Function):
                 torch.mm(dz, weight.to(hidden.dtype), out=gh)
             if need_w and acc == hidden.dtype:
                 grad_w.addmm_(dz.t(), h)
-            elif need_w:  # bf16/fp16: the chunk's [V, D] product in the input dtype, summed in fp32
+            elif need_w and h.is_cuda:  # bf16/fp16 GEMM with an fp32 result, summed over chunks in fp32
+                grad_w.add_(torch.mm(dz.t(), h, out_dtype=acc))
+            elif need_w:  # (CPU has no mixed-dtype mm: the chunk's product is rounded to the input dtype first)
                 grad_w.add_(torch.mm(dz.t(), h))
             del dz
         grad_w = grad_w.to(weight.dtype) if need_w else None

@@ -229,22 +229,26 @@ def generate(
     return parts[0] if len(parts) == 1 else Rollout.cat(parts, tokenizer.pad_token_id)
 
 
-def lm_head_parts(model):
-    """(base model, LM-head weight [V, D], bias [V] | None, logit multiplier) of a causal LM, or None.
+# Config fields by which some architectures change the logits after the LM head (Gemma's tanh soft-capping,
+# Cohere's logit_scale, Granite's and HyperCLOVA X's logits_scaling, Falcon-H1's lm_head_multiplier). A model
+# that sets one of them gets full logits from its own forward, which is always right, just not chunked.
+LOGIT_MODIFIERS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "lm_head_multiplier")
 
-    None when the head is not a plain linear map of the base model's last hidden state followed by a constant
-    multiplier: a missing decoder or head, or ``final_logit_softcapping`` (Gemma 2/3), which is not linear.
-    The multiplier covers Cohere's ``logit_scale`` (logits * s) and Granite's ``logits_scaling`` (logits / s).
+
+def lm_head_parts(model):
+    """(base model, LM-head weight [V, D], bias [V] | None) when logits = head(base's last hidden state); else None.
+
+    None for a model without a separate decoder and linear head, or whose config sets one of
+    ``LOGIT_MODIFIERS`` to something other than 1 (absent or None is fine).
     """
     cfg = getattr(model, "config", None)
+    if any(getattr(cfg, name, None) not in (None, 1, 1.0) for name in LOGIT_MODIFIERS):
+        return None
     base = model.get_decoder() if hasattr(model, "get_decoder") else getattr(model, "model", None)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if base is None or base is model or not isinstance(head, torch.nn.Linear):
         return None
-    if getattr(cfg, "final_logit_softcapping", None) is not None:
-        return None
-    scale = float(getattr(cfg, "logit_scale", None) or 1.0) / float(getattr(cfg, "logits_scaling", None) or 1.0)
-    return base, head.weight, head.bias, scale
+    return base, head.weight, head.bias
 
 
 def _forward_inputs(prompt_ids, prompt_mask, response_ids, response_mask) -> dict[str, torch.Tensor]:
@@ -275,13 +279,15 @@ def teacher_forced(
     response_mask: torch.Tensor,  # [B, T]
     temperature: float = 1.0,
     return_logits: bool = False,
-    chunk_size: int = 1024,
+    chunk_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Log-prob of each response token and full entropy of softmax(z / temperature), in one forward pass.
 
     Without ``return_logits`` the LM head is applied chunk by chunk to the base model's hidden states
     (``entrolab.logprob.chunked_logprob_entropy``), so the [B, T, V] logits never exist, in forward or backward;
     a model whose head is not a plain linear map (``lm_head_parts`` is None) falls back to full logits.
+    ``chunk_size`` (tokens per chunk) defaults to the most that keep one fp32 chunk of logits within 256 MiB,
+    at most 1024: 1024 for small vocabularies, 441 for Qwen's 151,936.
     Differentiable; masked positions hold whatever the model predicts there (callers mask them).
     -> logp [B, T], entropy [B, T], tempered logits z [B, T, V] if ``return_logits`` else None
     """
@@ -289,11 +295,12 @@ def teacher_forced(
     if parts is None:
         z = upcast(response_logits(model, prompt_ids, prompt_mask, response_ids, response_mask)) / temperature
         return logprobs_from_logits(z, response_ids), entropy_from_logits(z), z if return_logits else None
-    base, weight, bias, scale = parts
+    base, weight, bias = parts
+    chunk_size = chunk_size or max(1, min(1024, 2**26 // weight.shape[0]))
     t = response_ids.shape[1]
     inputs = _forward_inputs(prompt_ids, prompt_mask, response_ids, response_mask)
     hidden = base(**inputs, use_cache=False).last_hidden_state[:, -(t + 1) : -1]  # [B, T, D]
     logp, entropy = chunked_logprob_entropy(
-        hidden, weight, response_ids, temperature=temperature / scale, bias=bias, chunk_size=chunk_size
+        hidden, weight, response_ids, temperature=temperature, bias=bias, chunk_size=chunk_size
     )
     return logp, entropy, None

@@ -159,3 +159,16 @@ def test_killed_and_resumed_run_ends_bit_identical_to_an_uninterrupted_one(tiny_
         assert torch.equal(a[k], b[k]), k
     assert metric_lines(ref) == metric_lines(cut)
     assert [r["step"] for r in metric_lines(cut)] == list(range(11))
+
+
+def test_pretrain_writes_a_normal_hf_folder_that_eval_reads(tmp_path):
+    out = tmp_path / "base"
+    proc = entrolab("pretrain", "--task", "countdown", "--out", str(out), "--steps", "3", "--eval-samples", "2")
+    assert "pretrained" in proc.stdout and "pass@1" in proc.stdout
+    assert {"config.json", "model.safetensors", "tokenizer.json", "pretrain.json"} <= {p.name for p in out.iterdir()}
+    stats = json.loads((out / "pretrain.json").read_text())
+    assert stats["config"]["steps"] == 3 and len(stats["loss_curve"]) == 3
+    ev = json.loads(
+        entrolab("eval", "--model", str(out), "--task", "countdown", "--samples", "2", "--limit", "3", "--json").stdout
+    )
+    assert ev["n_prompts"] == 3 and 0 <= ev["pass@1"] <= ev["pass@2"] <= 1

@@ -3,8 +3,14 @@
 Where it departs from the papers (and from verl / TRL):
 - Old log-probs are the rollout's own (recorded while sampling, see ``rollout.py``), not a second forward
   pass; they agree with a teacher-forced pass to ~1e-6 in fp32, so with one epoch the ratio is 1 up to that.
-- Token filters run once per optimisation minibatch on rollout-time quantities (the behaviour policy's
-  entropy and log-probs), not on the entropy of each update's forward pass; with ppo_epochs = 1 they coincide.
+- Token filters run before the update of each optimisation minibatch (per micro-batch for
+  ``scope="micro_batch"``) on rollout-time quantities (the behaviour policy's entropy and log-probs), not on
+  the entropy of each update's forward pass; for the first pass over a batch they coincide. Running them first
+  lets the aggregation's token counts include every mask-out drop.
+- Schedules (target-entropy coefficients, PID thresholds, phases) react to the previous step's metrics and
+  set other methods' options for the next step; their state is checkpointed with the rest.
+- Log-probs and entropies of the update come from hidden states through the chunked LM-head op
+  (``logprob.py``); full [B, T, V] logits are built only for a method that declares ``needs=("logits",)``.
 - A sample whose reward function raised (``--on-reward-error skip``) is dropped from the update (its mask is
   zeroed, so it leaves every denominator) and counted in ``reward/errors``. For the group statistics its
   reward is set to the mean of the rest of its group, so it does not move the group baseline.

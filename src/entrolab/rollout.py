@@ -127,36 +127,43 @@ def _sample_chunk(
         logits_to_keep=1,
         **{kw: cache},
     )
-    logits = out.logits[:, -1].float()  # [b, V]
+    logits = out.logits[:, -1].float()  # [n, V], n = rows still generating
     pos = pos[:, -1:]
-    ids, logps, ents, masks = [], [], [], []
+    dev = prompt_ids.device
+    rows = torch.arange(b, device=dev)  # [n] the original rows still generating (those in the cache)
+    ids, logps, ents = [], [], []
     more: dict[str, list[torch.Tensor]] = {k: [] for k in extras}
-    done = torch.zeros(b, dtype=torch.bool, device=prompt_ids.device)
+    done = torch.zeros(b, dtype=torch.bool, device=dev)
     for _ in range(max_new_tokens):
         z = logits / temperature
-        logprobs = torch.log_softmax(z, -1)  # [b, V]
-        probs = logprobs.exp()
-        nxt = torch.multinomial(_top_p_filter(probs, top_p), 1, generator=generator).squeeze(-1)  # [b]
-        live = ~done
-        nxt = torch.where(live, nxt, torch.full_like(nxt, pad_id))
-        ids.append(nxt)
-        masks.append(live)
-        logps.append(torch.where(live, logprobs.gather(-1, nxt.unsqueeze(-1)).squeeze(-1), 0.0))
-        ents.append(torch.where(live, entropy_from_logits(z), 0.0))
+        logprobs = torch.log_softmax(z, -1)  # [n, V]
+        nxt = torch.multinomial(_top_p_filter(logprobs.exp(), top_p), 1, generator=generator).squeeze(-1)  # [n]
+        ids.append(torch.full((b,), pad_id, dtype=nxt.dtype, device=dev).index_copy(0, rows, nxt))
+        logps.append(torch.zeros(b, device=dev).index_copy(0, rows, logprobs.gather(-1, nxt[:, None])[:, 0]))
+        ents.append(torch.zeros(b, device=dev).index_copy(0, rows, entropy_from_logits(z)))
         for k, fn in extras.items():
-            more[k].append(torch.where(live, fn(z), 0.0))
-        done = done | (nxt == eos_id)
+            more[k].append(torch.zeros(b, device=dev).index_copy(0, rows, fn(z).float()))
+        finished = nxt == eos_id  # [n]
+        done[rows[finished]] = True
         if bool(done.all()):
             break
-        am = torch.cat([am, live.to(am.dtype).unsqueeze(-1)], 1)
+        if bool(finished.any()):  # finished rows leave the batch (and the KV cache): no work on padding
+            keep = torch.nonzero(~finished).squeeze(-1)
+            cache.batch_select_indices(keep)
+            rows, nxt, am, pos = rows[keep], nxt[keep], am[keep], pos[keep]
+        am = torch.cat([am, am.new_ones(len(rows), 1)], 1)
         pos = pos + 1
         out = model(input_ids=nxt.unsqueeze(-1), attention_mask=am, position_ids=pos, use_cache=True, **{kw: cache})
         logits = out.logits[:, -1].float()
+    response_ids = torch.stack(ids, 1)  # [b, T]
+    # a row generates up to and including its EOS: everything after it is padding
+    is_eos = (response_ids == eos_id).long()
+    live = (is_eos.cumsum(1) - is_eos) == 0  # [b, T] no EOS before this step
     return Rollout(
         prompt_ids=prompt_ids,
         prompt_mask=prompt_mask,
-        response_ids=torch.stack(ids, 1),
-        response_mask=torch.stack(masks, 1).float(),
+        response_ids=response_ids,
+        response_mask=live.float(),
         logp=torch.stack(logps, 1),
         entropy=torch.stack(ents, 1),
         truncated=~done,

@@ -377,7 +377,7 @@ def pool_hidden(hidden: torch.Tensor, mask: torch.Tensor, how: Literal["mean", "
     valid token's.  -> ``[B, d]`` (zeros for a response with no valid token)."""
     m = mask.to(hidden.dtype).unsqueeze(-1)  # [B, T, 1]
     if how == "mean":
-        return (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+        return ops.masked_mean(hidden, m, dim=1)
     if how == "last":
         last = (mask.sum(-1).long() - 1).clamp(min=0)  # [B]; a right-padded mask
         out = hidden[torch.arange(hidden.shape[0]), last]  # [B, d]

@@ -191,6 +191,27 @@ def apply_filters(
     return weight, mask, metrics
 
 
+@torch.no_grad()
+def reference_logp(ref_model, rollout: Rollout, cfg: TrainConfig) -> torch.Tensor:
+    """Log-probs of the rollout's tokens under the frozen reference, micro-batch by micro-batch.  [B, T]"""
+    b, t = rollout.response_ids.shape
+    mb = cfg.micro_batch_size or b
+    out = torch.zeros(b, t)
+    for start in range(0, b, mb):
+        part = rollout.select(slice(start, start + mb))
+        width = max(int(part.response_mask.sum(-1).max()), 1)
+        logp, _, _ = teacher_forced(
+            ref_model,
+            part.prompt_ids,
+            part.prompt_mask,
+            part.response_ids[:, :width],
+            part.response_mask[:, :width],
+            cfg.temperature,
+        )
+        out[start : start + mb, :width] = logp.float()
+    return out
+
+
 # ----------------------------------------------------------------------------------------------------------
 # one update over a minibatch (gradient accumulation over micro-batches, normalisation fixed by the minibatch)
 # ----------------------------------------------------------------------------------------------------------
@@ -228,8 +249,8 @@ def minibatch_loss_backward(
         )
         old_logp = part.logp[:, :width]
         adv = advantages[sl] if advantages.shape[1] == 1 else advantages[sl, :width]
-        ref_logp = None
-        if "ref_logp" in methods.needs:
+        ref_logp = part.extras["ref_logp"][:, :width] if "ref_logp" in part.extras else None
+        if ref_logp is None and "ref_logp" in methods.needs:  # not precomputed by the caller
             with torch.no_grad():
                 ref_logp, _, _ = teacher_forced(
                     ref_model, part.prompt_ids, part.prompt_mask, ids, resp_mask, cfg.temperature
@@ -448,6 +469,9 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
             adv_entry, adv_cfg = step_methods.advantage
             advantages, am = adv_entry.fn(rewards, mask, cfg=adv_cfg, group_size=cfg.group_size)
             m.update({k: float(v) for k, v in am.items()})
+            # the frozen reference's log-probs, once per rollout (not once per epoch and minibatch)
+            if "ref_logp" in methods.needs:
+                rollout.extras["ref_logp"] = reference_logp(ref_model, rollout, cfg)
             # the entropy change the Entropy Mechanism paper predicts from Cov(log pi, A), logged next to the
             # observed change (entropy/token_mean of the next step minus this one)
             m.update(entropy_change_prediction(rollout.logp, advantages, mask, lr=sched.get_last_lr()[0]))
@@ -552,8 +576,7 @@ def _fill_errored(rewards: torch.Tensor, errored: torch.Tensor, group_size: int)
     if not bool(errored.any()):
         return rewards
     r, e = group_view(rewards, group_size), group_view(errored, group_size)  # [P, G]
-    valid = (~e).float()
-    mean = (r * valid).sum(1, keepdim=True) / valid.sum(1, keepdim=True).clamp(min=1)  # [P, 1]
+    mean = masked_mean(r, ~e, dim=1).unsqueeze(1)  # [P, 1]
     return torch.where(e, mean, r).reshape(-1)
 
 

@@ -134,10 +134,9 @@ def siren(
     h = topp_entropy(logits, cfg.top_p, cfg.top_k, cfg.nucleus)  # [B, T], with gradient
     tau = torch.nanquantile(h.detach().masked_fill(~keep, torch.nan), cfg.quantile, dim=-1, keepdim=True)  # [B, 1]
     peak = keep & (h.detach() > tau)  # [B, T]; a response with no valid token has tau = nan: no peak
-    n_peak = peak.sum(-1)  # [B]
-    row_mean = torch.where(peak, h, 0.0).sum(-1) / n_peak.clamp(min=1)  # [B]
-    has_peak = n_peak > 0  # [B]
-    h_hat = torch.where(has_peak, row_mean, 0.0).sum() / has_peak.sum().clamp(min=1)
+    row_mean = ops.masked_mean(h, peak, dim=-1)  # [B]
+    has_peak = peak.any(-1)  # [B]
+    h_hat = ops.masked_mean(row_mean, has_peak)
     anchor = h_hat.detach() if cfg.anchor is None else torch.as_tensor(cfg.anchor, dtype=h_hat.dtype)
     penalty = cfg.coef * (h_hat - anchor).square() * has_peak.any()
     term = torch.where(keep, penalty, 0.0)  # [B, T]

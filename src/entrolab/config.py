@@ -15,11 +15,13 @@ import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from tyro.conf import arg
 
 from entrolab import registry
+
+Backend = Literal["auto", "lean", "hf"]
 
 LRSchedule = Literal["constant", "cosine", "linear"]
 OnRewardError = Literal["raise", "skip"]
@@ -76,6 +78,10 @@ class TrainConfig:
     """Sampling temperature; the trained log-probs are those of softmax(logits / temperature)."""
     top_p: float = 1.0
     """Nucleus sampling mass."""
+    backend: Backend = "auto"
+    """Forward used for sampling and the teacher-forced pass: 'lean' (entrolab.lean: each distinct prompt run
+    once, no padding in the dense layers, preallocated KV cache; Llama/Qwen2/Mistral), 'hf' (the model's own
+    forward), 'auto' (lean where it applies). Same function, same samples' distribution."""
 
     # --- the algorithm, one registered name per axis ----------------------------------------------------------
     advantage: str = "grpo"
@@ -153,6 +159,8 @@ class TrainConfig:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.backend not in get_args(Backend):
+            raise ValueError(f"backend must be one of {list(get_args(Backend))}, got {self.backend!r}")
         for name in ("warmup_steps", "eval_every", "save_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
+from entrolab.config import Backend
 from entrolab.ops import masked_mean, pass_at_k
 from entrolab.rewards import score_completions
 from entrolab.rollout import Rollout, generate
@@ -53,6 +54,7 @@ def evaluate(
     limit: int | None = None,
     batch_size: int = 256,
     return_detail: bool = False,
+    backend: Backend = "auto",
 ) -> dict[str, float] | tuple[dict[str, float], dict[str, list]]:
     """Sample ``samples`` completions per prompt of ``split`` and report:
 
@@ -81,6 +83,7 @@ def evaluate(
         top_p=top_p,
         generator=gen,
         batch_size=batch_size,
+        backend=backend,
     )
     texts = decode_completions(tokenizer, rollout)
     flat_examples = [e for e in examples for _ in range(samples)]

@@ -17,11 +17,16 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
+from typing import get_args
 
 import torch
 
+from entrolab.config import Backend
+from entrolab.lean import SUPPORTED_TYPES, LeanDecoder
 from entrolab.logprob import chunked_logprob_entropy
 from entrolab.ops import entropy_from_logits, logprobs_from_logits, upcast
+
+BACKENDS: tuple[str, ...] = get_args(Backend)
 
 
 @dataclass
@@ -98,9 +103,82 @@ def _top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     return probs * keep
 
 
+class _HFEngine:
+    """Sampling through the model's own forward and a transformers ``DynamicCache``."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+        self.kw = cache_kwarg(model)
+
+    def start(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+        from transformers import DynamicCache
+
+        self.cache = DynamicCache(config=self.model.config)
+        self.am = prompt_mask.clone()
+        pos = (self.am.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(
+            input_ids=prompt_ids,
+            attention_mask=self.am,
+            position_ids=pos,
+            use_cache=True,
+            logits_to_keep=1,
+            **{self.kw: self.cache},
+        )
+        self.pos = pos[:, -1:]
+        return out.logits[:, -1]
+
+    def keep(self, idx: torch.Tensor) -> None:
+        self.cache.batch_select_indices(idx)
+        self.am, self.pos = self.am[idx], self.pos[idx]
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        self.am = torch.cat([self.am, self.am.new_ones(len(tokens), 1)], 1)
+        self.pos = self.pos + 1
+        out = self.model(
+            input_ids=tokens.unsqueeze(-1),
+            attention_mask=self.am,
+            position_ids=self.pos,
+            use_cache=True,
+            **{self.kw: self.cache},
+        )
+        return out.logits[:, -1]
+
+
+class _LeanEngine:
+    """Sampling through ``entrolab.lean``: each distinct prompt prefilled once, a preallocated KV cache."""
+
+    def __init__(self, lean: LeanDecoder) -> None:
+        self.lean = lean
+
+    def start(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+        both = torch.cat([prompt_ids, prompt_mask.to(prompt_ids.dtype)], 1)
+        uniq, rows = torch.unique(both, dim=0, return_inverse=True)  # the G samples of a prompt share it
+        tp = prompt_ids.shape[1]
+        logits, self.cache = self.lean.start(uniq[:, :tp], uniq[:, tp:], rows, max_new_tokens)
+        return logits
+
+    def keep(self, idx: torch.Tensor) -> None:
+        self.cache.keep(idx)
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.lean.step(tokens, self.cache)
+
+
+def _engine(model, backend: Backend) -> _HFEngine | _LeanEngine:
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; allowed: {list(BACKENDS)}")
+    lean = None if backend == "hf" else LeanDecoder.of(model)
+    if backend == "lean" and lean is None:
+        raise ValueError(
+            f"backend 'lean' does not cover model type {getattr(model.config, 'model_type', '?')!r} "
+            f"(supported: {list(SUPPORTED_TYPES)}, see entrolab.lean); use backend 'auto' or 'hf'"
+        )
+    return _LeanEngine(lean) if lean is not None else _HFEngine(model)
+
+
 @torch.no_grad()
 def _sample_chunk(
-    model,
+    engine: _HFEngine | _LeanEngine,
     prompt_ids: torch.Tensor,  # [b, Tp]
     prompt_mask: torch.Tensor,  # [b, Tp]
     *,
@@ -112,23 +190,8 @@ def _sample_chunk(
     generator: torch.Generator | None,
     extras: Mapping[str, Callable[[torch.Tensor], torch.Tensor]],
 ) -> Rollout:
-    from transformers import DynamicCache
-
     b = prompt_ids.shape[0]
-    kw = cache_kwarg(model)
-    cache = DynamicCache(config=model.config)
-    am = prompt_mask.clone()
-    pos = (am.cumsum(-1) - 1).clamp(min=0)
-    out = model(
-        input_ids=prompt_ids,
-        attention_mask=am,
-        position_ids=pos,
-        use_cache=True,
-        logits_to_keep=1,
-        **{kw: cache},
-    )
-    logits = out.logits[:, -1].float()  # [n, V], n = rows still generating
-    pos = pos[:, -1:]
+    logits = engine.start(prompt_ids, prompt_mask, max_new_tokens).float()  # [n, V], n = rows still generating
     dev = prompt_ids.device
     rows = torch.arange(b, device=dev)  # [n] the original rows still generating (those in the cache)
     ids, logps, ents = [], [], []
@@ -145,16 +208,13 @@ def _sample_chunk(
             more[k].append(torch.zeros(b, device=dev).index_copy(0, rows, fn(z).float()))
         finished = nxt == eos_id  # [n]
         done[rows[finished]] = True
-        if bool(done.all()):
+        if bool(done.all()) or len(ids) == max_new_tokens:
             break
         if bool(finished.any()):  # finished rows leave the batch (and the KV cache): no work on padding
             keep = torch.nonzero(~finished).squeeze(-1)
-            cache.batch_select_indices(keep)
-            rows, nxt, am, pos = rows[keep], nxt[keep], am[keep], pos[keep]
-        am = torch.cat([am, am.new_ones(len(rows), 1)], 1)
-        pos = pos + 1
-        out = model(input_ids=nxt.unsqueeze(-1), attention_mask=am, position_ids=pos, use_cache=True, **{kw: cache})
-        logits = out.logits[:, -1].float()
+            engine.keep(keep)
+            rows, nxt = rows[keep], nxt[keep]
+        logits = engine.step(nxt).float()
     response_ids = torch.stack(ids, 1)  # [b, T]
     # a row generates up to and including its EOS: everything after it is padding
     is_eos = (response_ids == eos_id).long()
@@ -183,6 +243,7 @@ def generate(
     generator: torch.Generator | None = None,
     batch_size: int = 256,
     extras: Mapping[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
+    backend: Backend = "auto",
 ) -> Rollout:
     """Sample ``group_size`` completions for each prompt, ``batch_size`` sequences per forward pass.
 
@@ -193,6 +254,9 @@ def generate(
         generator: a ``torch.Generator`` on the model's device for reproducible sampling.
         extras: more per-step quantities to record from the same pass: name -> fn(tempered logits [b, V]) -> [b]
             (e.g. the vocabulary baseline of discriminator clipping); stored as ``rollout.extras[name]`` [B, T].
+        backend: ``"lean"`` runs ``entrolab.lean`` (each distinct prompt prefilled once, a preallocated KV
+            cache; Llama/Qwen2/Mistral only), ``"hf"`` the model's own forward with a ``DynamicCache``,
+            ``"auto"`` lean where it applies. Both sample the same distribution.
     Returns:
         A ``Rollout`` with prompt_ids/prompt_mask ``[B, Tp]`` and response_ids/response_mask/logp/entropy
         ``[B, T]`` (T = the longest completion), truncated ``[B]``.
@@ -209,6 +273,7 @@ def generate(
     ids, mask = encode_prompts(tokenizer, prompts)
     ids = ids.repeat_interleave(group_size, 0).to(device)  # [B, Tp]
     mask = mask.repeat_interleave(group_size, 0).to(device)  # [B, Tp]
+    engine = _engine(model, backend)
     was_training = model.training
     model.eval()
     try:
@@ -219,7 +284,7 @@ def generate(
             width = int(mask[sl].sum(-1).max())
             parts.append(
                 _sample_chunk(
-                    model,
+                    engine,
                     ids[sl, -width:],
                     mask[sl, -width:],
                     max_new_tokens=max_new_tokens,
@@ -287,6 +352,7 @@ def teacher_forced(
     temperature: float = 1.0,
     return_logits: bool = False,
     chunk_size: int | None = None,
+    backend: Backend = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Log-prob of each response token and full entropy of softmax(z / temperature), in one forward pass.
 
@@ -295,9 +361,28 @@ def teacher_forced(
     a model whose head is not a plain linear map (``lm_head_parts`` is None) falls back to full logits.
     ``chunk_size`` (tokens per chunk) defaults to the most that keep one fp32 chunk of logits within 256 MiB,
     at most 1024: 1024 for small vocabularies, 441 for Qwen's 151,936.
-    Differentiable; masked positions hold whatever the model predicts there (callers mask them).
+    ``backend`` as in ``generate``: with ``"lean"`` (the ``"auto"`` choice for Llama/Qwen2/Mistral) each
+    distinct prompt runs once, padding and each response's last token not at all, and masked positions
+    hold 0 (logits 0); with ``"hf"`` they hold whatever the model predicts there. Callers mask them.
+    Differentiable.
     -> logp [B, T], entropy [B, T], tempered logits z [B, T, V] if ``return_logits`` else None
     """
+    engine = _engine(model, backend)
+    if isinstance(engine, _LeanEngine):
+        lean = engine.lean
+        hidden, where = lean.response_hidden(prompt_ids, prompt_mask, response_ids, response_mask)  # [N, D]
+        if return_logits:
+            z = upcast(lean.logits(hidden)) / temperature  # [N, V]
+            full = z.new_zeros(*where.shape, z.shape[-1]).index_put(where.nonzero(as_tuple=True), z)
+            return logprobs_from_logits(full, response_ids), entropy_from_logits(full), full
+        w = lean.head.weight
+        chunk_size = chunk_size or max(1, min(1024, 2**26 // w.shape[0]))
+        logp, entropy = chunked_logprob_entropy(
+            hidden, w, response_ids[where], temperature=temperature, bias=lean.head.bias, chunk_size=chunk_size
+        )
+        pos = where.nonzero(as_tuple=True)
+        zeros = logp.new_zeros(where.shape)
+        return zeros.index_put(pos, logp), zeros.index_put(pos, entropy), None
     parts = None if return_logits else lm_head_parts(model)
     if parts is None:
         z = upcast(response_logits(model, prompt_ids, prompt_mask, response_ids, response_mask)) / temperature

@@ -207,6 +207,7 @@ def reference_logp(ref_model, rollout: Rollout, cfg: TrainConfig) -> torch.Tenso
             part.response_ids[:, :width],
             part.response_mask[:, :width],
             cfg.temperature,
+            backend=cfg.backend,
         )
         out[start : start + mb, :width] = logp.float()
     return out
@@ -245,7 +246,14 @@ def minibatch_loss_backward(
         part = batch.select(sl)
         ids, resp_mask = part.response_ids[:, :width], part.response_mask[:, :width]
         logp, entropy, logits = teacher_forced(
-            model, part.prompt_ids, part.prompt_mask, ids, resp_mask, cfg.temperature, "logits" in methods.needs
+            model,
+            part.prompt_ids,
+            part.prompt_mask,
+            ids,
+            resp_mask,
+            cfg.temperature,
+            "logits" in methods.needs,
+            backend=cfg.backend,
         )
         old_logp = part.logp[:, :width]
         adv = advantages[sl] if advantages.shape[1] == 1 else advantages[sl, :width]
@@ -253,7 +261,7 @@ def minibatch_loss_backward(
         if ref_logp is None and "ref_logp" in methods.needs:  # not precomputed by the caller
             with torch.no_grad():
                 ref_logp, _, _ = teacher_forced(
-                    ref_model, part.prompt_ids, part.prompt_mask, ids, resp_mask, cfg.temperature
+                    ref_model, part.prompt_ids, part.prompt_mask, ids, resp_mask, cfg.temperature, backend=cfg.backend
                 )
         available = {
             "logits": logits,
@@ -360,6 +368,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
     np.random.seed(cfg.seed)
     norm_len = float(cfg.norm_len or cfg.max_new_tokens)
     eval_kw = dict(
+        backend=cfg.backend,
         samples=cfg.eval_samples,
         max_new_tokens=cfg.max_new_tokens,
         temperature=cfg.temperature,
@@ -446,6 +455,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
                 top_p=cfg.top_p,
                 generator=gen,
                 extras={k: ROLLOUT_EXTRAS[k] for k in methods.needs if k in ROLLOUT_EXTRAS},
+                backend=cfg.backend,
             )
             t1 = time.perf_counter()
             # --- rewards ---------------------------------------------------------------------------------

@@ -138,7 +138,9 @@ def run_trl(model_dir: str, steps: int, warmup: int, threads: int) -> dict:
     }
 
 
-def run_entrolab(model_dir: str, steps: int, warmup: int, threads: int, profile: bool = False) -> dict:
+def run_entrolab(
+    model_dir: str, steps: int, warmup: int, threads: int, profile: bool = False, backend: str = "auto"
+) -> dict:
     _setup(threads)
     from dataclasses import replace
 
@@ -174,6 +176,7 @@ def run_entrolab(model_dir: str, steps: int, warmup: int, threads: int, profile:
             save_every=0,
             progress=False,
             threads=threads,
+            backend=backend,
         )
         profiler = None
         if profile:
@@ -202,13 +205,17 @@ def run_entrolab(model_dir: str, steps: int, warmup: int, threads: int, profile:
     task = make_task("arithmetic", seed=0)
     prompts = [task.prompt(e) for e in task.train[:P]]
     gen = torch.Generator().manual_seed(0)
-    bare = {"generate_s": [], "fwd_bwd_s": [], "tokens": []}
+    bare = {"generate_s": [], "fwd_bwd_s": [], "tokens": [], "matmul_floor_s": []}
     for _ in range(max(steps, 2) + 1):
         t0 = time.perf_counter()
-        r = generate(model, tok, prompts, group_size=G, max_new_tokens=MAX_NEW, temperature=1.0, generator=gen)
+        r = generate(
+            model, tok, prompts, group_size=G, max_new_tokens=MAX_NEW, temperature=1.0, generator=gen, backend=backend
+        )
         t1 = time.perf_counter()
         model.train()
-        logp, _, _ = teacher_forced(model, r.prompt_ids, r.prompt_mask, r.response_ids, r.response_mask, 1.0)
+        logp, _, _ = teacher_forced(
+            model, r.prompt_ids, r.prompt_mask, r.response_ids, r.response_mask, 1.0, backend=backend
+        )
         loss = -(logp * r.response_mask).sum() / r.response_mask.sum()
         loss.backward()
         model.zero_grad(set_to_none=True)
@@ -216,6 +223,7 @@ def run_entrolab(model_dir: str, steps: int, warmup: int, threads: int, profile:
         bare["generate_s"].append(t1 - t0)
         bare["fwd_bwd_s"].append(t2 - t1)
         bare["tokens"].append(float(r.response_mask.sum()))
+        bare["matmul_floor_s"].append(matmul_floor(model, r))
     result["bare"] = {k: v[1:] for k, v in bare.items()}  # the first is a warm-up
     if profile:  # which aten ops the two bare parts spend their time in
         from torch.profiler import ProfilerActivity
@@ -225,9 +233,11 @@ def run_entrolab(model_dir: str, steps: int, warmup: int, threads: int, profile:
         for name in ("generate", "forward+backward"):
             with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
                 if name == "generate":
-                    generate(model, tok, prompts, group_size=G, max_new_tokens=MAX_NEW, generator=gen)
+                    generate(model, tok, prompts, group_size=G, max_new_tokens=MAX_NEW, generator=gen, backend=backend)
                 else:
-                    logp, _, _ = teacher_forced(model, r.prompt_ids, r.prompt_mask, r.response_ids, r.response_mask)
+                    logp, _, _ = teacher_forced(
+                        model, r.prompt_ids, r.prompt_mask, r.response_ids, r.response_mask, backend=backend
+                    )
                     (-(logp * r.response_mask).sum() / r.response_mask.sum()).backward()
                     model.zero_grad(set_to_none=True)
             tables.append(f"\n--- aten ops of one bare {name} (torch.profiler) ---\n")
@@ -235,6 +245,50 @@ def run_entrolab(model_dir: str, steps: int, warmup: int, threads: int, profile:
         with open(OUT / "vs_trl_profile.txt", "a") as f:
             f.write("".join(tables))
     return result
+
+
+def matmul_floor(model, r) -> float:
+    """Seconds of just the dense matrix multiplies a step over rollout ``r`` cannot avoid, timed here.
+
+    Sampling: one decode step per generated token position over the rows still generating (each row's
+    prompt once per distinct prompt, prefill included), forward only. Update: forward + backward over every
+    trained token (the distinct prompts' tokens and each response but its last token). Each layer's q/k/v/o and
+    MLP weights, at the step's exact row counts; no attention, norms, sampling or Python around them. A step
+    can approach this, never beat it, so TRL's step / this floor bounds the speed-up any implementation of the
+    same arithmetic could show.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    weights = []
+    for ly in model.model.layers:
+        a, m = ly.self_attn, ly.mlp
+        weights += [a.q_proj.weight, a.k_proj.weight, a.v_proj.weight, a.o_proj.weight]
+        weights += [m.gate_proj.weight, m.up_proj.weight, m.down_proj.weight]
+    weights.append(model.lm_head.weight)
+
+    def chain(x: torch.Tensor) -> torch.Tensor:
+        wide = x.new_ones(x.shape[0], model.config.intermediate_size, requires_grad=x.requires_grad)
+        out = x.new_zeros(())
+        for w in weights:
+            out = out + F.linear(x if w.shape[1] == x.shape[1] else wide, w).sum()
+        return out
+
+    lengths = r.response_mask.sum(-1).long()
+    distinct = torch.unique(torch.cat([r.prompt_ids, r.prompt_mask.long()], 1), dim=0)
+    prompt_tokens = int(distinct[:, r.prompt_ids.shape[1] :].sum())
+    d = model.config.hidden_size
+    rows_per_step = [int((lengths > t).sum()) for t in range(1, int(lengths.max()))]  # decode steps after prefill
+    trained = prompt_tokens + int(lengths.sum()) - len(lengths)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        chain(torch.ones(prompt_tokens, d))
+        for n in rows_per_step:
+            chain(torch.ones(n, d))
+    x = torch.ones(trained, d, requires_grad=True)
+    chain(x).backward()
+    model.zero_grad(set_to_none=True)
+    return time.perf_counter() - t0
 
 
 def child(side: str, model_dir: str, steps: int, warmup: int, threads: int) -> dict:
@@ -259,6 +313,7 @@ def summarise(run: dict) -> dict:
             generate_s=statistics.median(b["generate_s"]),
             fwd_bwd_s=statistics.median(b["fwd_bwd_s"]),
             parts_s=parts_s,
+            matmul_floor_s=statistics.median(b["matmul_floor_s"]),
             step_over_parts_per_token=(sum(run["step_s"]) / sum(run["tokens"])) / parts_per_token,
             rollout_s=statistics.median(run["rollout_s"]),
             reward_s=statistics.median(run["reward_s"]),
@@ -286,6 +341,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2, help="torch threads of both sides")
     ap.add_argument("--profile", action="store_true", help="always profile entrolab's step with pyinstrument")
+    ap.add_argument(
+        "--no-hf", action="store_true", help="skip the 'before' side: entrolab with backend='hf' (the model's forward)"
+    )
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -293,7 +351,8 @@ def main() -> None:
         if side == "trl":
             res = run_trl(model_dir, steps, warmup, threads)
         else:
-            res = run_entrolab(model_dir, steps, warmup, threads, profile=side == "entrolab-profile")
+            backend = "hf" if side == "entrolab-hf" else "auto"
+            res = run_entrolab(model_dir, steps, warmup, threads, profile=side == "entrolab-profile", backend=backend)
         print(json.dumps(res))
         return
     steps, repeats, warmup = (2, 1, 1) if args.quick else (args.steps, args.repeats, 1)
@@ -302,11 +361,17 @@ def main() -> None:
         model_name = args.model or "fresh tiny1m (build_tiny_model seed 0)"
         reps = []
         for i in range(repeats):
-            order = ("trl", "entrolab") if i % 2 == 0 else ("entrolab", "trl")
+            sides = ["trl", "entrolab"] + ([] if args.no_hf else ["entrolab-hf"])
+            order = sides[i % len(sides) :] + sides[: i % len(sides)]  # rotate who goes first
             runs = {side: child(side, model_dir, steps, warmup, args.threads) for side in order}
             rep = {side: {**summarise(run), "raw": run} for side, run in runs.items()}
             rep["speedup_s_per_step"] = rep["trl"]["s_per_step"] / rep["entrolab"]["s_per_step"]
             rep["speedup_tokens_per_s"] = rep["entrolab"]["tokens_per_s"] / rep["trl"]["tokens_per_s"]
+            b = rep["entrolab"]["raw"]["bare"]
+            floor_tokens_per_s = sum(b["tokens"]) / sum(b["matmul_floor_s"])
+            rep["ceiling_tokens_per_s"] = floor_tokens_per_s / rep["trl"]["tokens_per_s"]
+            if "entrolab-hf" in rep:
+                rep["speedup_tokens_per_s_hf"] = rep["entrolab-hf"]["tokens_per_s"] / rep["trl"]["tokens_per_s"]
             reps.append(rep)
             print(
                 f"repeat {i + 1}/{repeats}: TRL {rep['trl']['s_per_step']:.2f} s/step, "
@@ -323,7 +388,14 @@ def main() -> None:
             "trl_tokens_per_s": _mmm([r["trl"]["tokens_per_s"] for r in reps]),
             "entrolab_tokens_per_s": _mmm([r["entrolab"]["tokens_per_s"] for r in reps]),
             "entrolab_step_over_parts_per_token": _mmm([r["entrolab"]["step_over_parts_per_token"] for r in reps]),
+            "ceiling_tokens_per_s": _mmm([r["ceiling_tokens_per_s"] for r in reps]),
         }
+        if "entrolab-hf" in reps[0]:
+            summary["speedup_tokens_per_s_hf"] = _mmm([r["speedup_tokens_per_s_hf"] for r in reps])
+            summary["entrolab_hf_s_per_step"] = _mmm([r["entrolab-hf"]["s_per_step"] for r in reps])
+            summary["entrolab_hf_step_over_parts_per_token"] = _mmm(
+                [r["entrolab-hf"]["step_over_parts_per_token"] for r in reps]
+            )
         profiled = args.profile or summary["speedup_tokens_per_s"]["median"] < 3.0
         if profiled:
             child("entrolab-profile", model_dir, steps, warmup, args.threads)
@@ -376,19 +448,40 @@ def write_md(meta: dict, summary: dict, reps: list[dict]) -> None:
         f"| **speed-up, tokens/s (entrolab / TRL)** | {f(summary['speedup_tokens_per_s'])} |",
         f"| speed-up, s/step (TRL / entrolab) | {f(summary['speedup_s_per_step'])} |",
         f"| **entrolab step / (generate + fwd-bwd), per token** | {f(summary['entrolab_step_over_parts_per_token'])} |",
+        f"| ceiling: (tokens / matmul floor) / TRL tokens/s | {f(summary['ceiling_tokens_per_s'])} |",
+    ]
+    if "speedup_tokens_per_s_hf" in summary:
+        lines += [
+            f"| before: entrolab backend='hf' s/step | {f(summary['entrolab_hf_s_per_step'])} |",
+            f"| before: speed-up, tokens/s (entrolab hf / TRL) | {f(summary['speedup_tokens_per_s_hf'])} |",
+            f"| before: step / bare parts, per token | {f(summary['entrolab_hf_step_over_parts_per_token'])} |",
+        ]
+    lines += [
+        "",
+        "entrolab = backend 'auto' (the lean forward, `entrolab.lean`); before = backend 'hf', the model's own "
+        "Hugging Face forward, as entrolab ran until the lean backend.",
         "",
         "entrolab's step, per repeat (medians, seconds):",
         "",
-        "| repeat | step | rollout | reward | update | bare generate | bare fwd+bwd | tokens/step |",
-        "|---|---|---|---|---|---|---|---|",
+        "| repeat | step | rollout | reward | update | bare generate | bare fwd+bwd | matmul floor | tokens/step |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for i, r in enumerate(reps):
         e = r["entrolab"]
         lines.append(
             f"| {i + 1} | {e['s_per_step']:.3f} | {e['rollout_s']:.3f} | {e['reward_s']:.3f} | {e['update_s']:.3f} "
-            f"| {e['generate_s']:.3f} | {e['fwd_bwd_s']:.3f} | {e['mean_tokens_per_step']:.0f} |"
+            f"| {e['generate_s']:.3f} | {e['fwd_bwd_s']:.3f} | {e['matmul_floor_s']:.3f} "
+            f"| {e['mean_tokens_per_step']:.0f} |"
         )
-    lines += ["", f"Targets: {meta['targets']}."]
+    lines += [
+        "",
+        f"Targets: {meta['targets']}.",
+        "",
+        "Matmul floor: the dense matrix multiplies alone (q/k/v/o, MLP, LM head) at the step's exact row counts, "
+        "timed in the same process: decode steps over the rows still generating plus forward+backward over the "
+        "trained tokens (see `matmul_floor`). No implementation of the same fp32 arithmetic on this machine "
+        "can beat it, so the ceiling row bounds the speed-up over TRL that any trainer could show here.",
+    ]
     if meta["profile"]:
         lines.append(f"Profile of an entrolab run (pyinstrument): `{meta['profile']}`.")
     (OUT / "vs_trl.md").write_text("\n".join(lines) + "\n")

@@ -21,7 +21,9 @@ anything it does not cover (then callers use the model's own forward): model typ
 tables do not depend on sequence length. The tests check its logits against the model's own forward to 1e-5.
 
 Numerics follow transformers' implementation: RMSNorm in at least fp32, RoPE tables from the model's own
-rotary module, softmax attention with scale ``head_dim ** -0.5``.
+rotary module, softmax attention with scale ``head_dim ** -0.5``. One difference: transformers' RMSNorm
+normalises fp64 inputs in fp32; this module keeps fp64 in fp64 (so fp64 runs agree with the model's forward
+to about 1e-6, and to 1e-10 with an fp64-preserving norm, as the tests check).
 """
 
 from __future__ import annotations
@@ -39,7 +41,10 @@ _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """transformers' Llama RMSNorm: normalise in (at least) fp32, scale by the weight in the input dtype."""
     dt = x.dtype
+    if not torch.is_grad_enabled() and dt in (torch.float32, torch.float64):
+        return F.rms_norm(x, x.shape[-1:], weight, eps)  # fused kernel, same arithmetic (its backward is slower)
     h = x.to(torch.promote_types(dt, torch.float32))
     h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
     return weight * h.to(dt)
@@ -70,7 +75,6 @@ class LeanDecoder:
     def __init__(self, model) -> None:
         cfg = model.config
         base = model.model
-        self.model = model
         self.embed = base.embed_tokens
         self.layers = [
             _Layer(ly.self_attn, ly.mlp, ly.input_layernorm, ly.post_attention_layernorm) for ly in base.layers
@@ -91,9 +95,25 @@ class LeanDecoder:
         call: a config edited in place is seen)."""
         if not LeanDecoder.supports(model):
             return None
-        if model not in _CACHE:
-            _CACHE[model] = LeanDecoder(model)
-        return _CACHE[model]
+        lean = _CACHE.get(model)
+        if lean is None or not lean._current(model):  # e.g. after resize_token_embeddings or a new head
+            lean = _CACHE[model] = LeanDecoder(model)
+        return lean
+
+    def _current(self, model) -> bool:
+        """Whether the modules this decoder holds are still the model's (none was replaced)."""
+        base = model.model
+        return (
+            self.embed is base.embed_tokens
+            and self.head is model.lm_head
+            and self.norm is base.norm
+            and self.rotary is base.rotary_emb
+            and len(self.layers) == len(base.layers)
+            and all(
+                ly.attn is m.self_attn and ly.mlp is m.mlp and ly.norm1 is m.input_layernorm
+                for ly, m in zip(self.layers, base.layers, strict=True)
+            )
+        )
 
     @staticmethod
     def supports(model) -> bool:
@@ -296,22 +316,29 @@ class LeanDecoder:
         return self.logits(last)[rows], cache
 
     def step(self, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """Feed one token per live row ([n] ids), append to the cache.  -> logits [n, V]"""
+        """Feed one token per cache row ([n] ids), append to the cache.  -> logits [n, V]"""
+        n = tokens.shape[0]
+        h, kv, d = self.heads, self.kv_heads, self.head_dim
+        g = h // kv
         x = self.embed(tokens)  # [n, D]
         pos = cache.positions()  # [n]
         cos, sin = self.tables(int(pos.max()) + 1, x)
         cos, sin = cos[pos][:, None], sin[pos][:, None]  # [n, 1, d]
         slot = cache.length
-        mask = cache.mask[:, None, None, : slot + 1]  # [n, 1, 1, L]
+        bias = cache.bias[:, None, None, : slot + 1]  # [n, 1, 1, L] 0 or -inf
         for i, ly in enumerate(self.layers):
-            h = _rms(x, ly.norm1.weight, self.eps)
-            q, k, v = self._qkv(h, ly, cache.fused)
-            q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
-            kc, vc = cache.k[i], cache.v[i]
-            kc[:, :, slot] = k
-            vc[:, :, slot] = v
-            o = self._attend(q[:, :, None], kc[:, :, : slot + 1], vc[:, :, : slot + 1], mask)  # [n, h, 1, d]
-            x = x + _linear(o.reshape(x.shape[0], -1), ly.attn.o_proj)
+            w, b = cache.fused["qkv"][id(ly)]
+            qkv = F.linear(_rms(x, ly.norm1.weight, self.eps), w, b).view(n, h + 2 * kv, d)
+            qk = _rotate(qkv[:, : h + kv], cos, sin)  # [n, h + kv, d]
+            kc, vc = cache.k[i], cache.v[i]  # [n, kv, total, d]
+            kc[:, :, slot] = qk[:, h:]
+            vc[:, :, slot] = qkv[:, h + kv :]
+            keys = kc[:, :, : slot + 1].reshape(n * kv, slot + 1, d)  # a view: (n, kv) merge
+            vals = vc[:, :, : slot + 1].reshape(n * kv, slot + 1, d)
+            q = qk[:, :h].reshape(n * kv, g, d)  # the g query heads that share a kv head, together
+            scores = torch.bmm(q, keys.transpose(1, 2)).view(n, kv, g, slot + 1) * self.scale + bias
+            o = torch.bmm(scores.softmax(-1).view(n * kv, g, slot + 1), vals)  # [n * kv, g, d]
+            x = x + _linear(o.reshape(n, h * d), ly.attn.o_proj)
             x = x + self._mlp(_rms(x, ly.norm2.weight, self.eps), ly, cache.fused)
         cache.length += 1
         return self.logits(_rms(x, self.norm.weight, self.eps))
@@ -339,8 +366,8 @@ class KVCache:
             v[:, :, :tp] = vp[rows]
             self.k.append(k)
             self.v.append(v)
-        self.mask = torch.ones(n, total, dtype=torch.bool, device=rows.device)
-        self.mask[:, :tp] = prompt_valid
+        self.bias = torch.zeros(n, total, dtype=prompt_kv[0][0].dtype, device=rows.device)  # additive mask
+        self.bias[:, :tp].masked_fill_(~prompt_valid, float("-inf"))
         self.plen = prompt_valid.sum(-1)  # [n]
         self.tp = tp
         self.length = tp  # filled slots
@@ -351,7 +378,18 @@ class KVCache:
         return self.plen + (self.length - self.tp)
 
     def keep(self, idx: torch.Tensor) -> None:
-        """Keep only rows ``idx`` (finished rows leave the cache)."""
-        self.k = [k[idx] for k in self.k]
-        self.v = [v[idx] for v in self.v]
-        self.mask, self.plen = self.mask[idx], self.plen[idx]
+        """Keep only rows ``idx`` (finished rows leave the cache); copies only the filled slots."""
+        filled = self.length
+
+        def pick(buf: torch.Tensor) -> torch.Tensor:
+            out = buf.new_empty(len(idx), *buf.shape[1:])
+            out[:, :, :filled] = buf[:, :, :filled].index_select(0, idx)
+            return out
+
+        self.k = [pick(k) for k in self.k]
+        self.v = [pick(v) for v in self.v]
+        self.bias, self.plen = self.bias[idx], self.plen[idx]
+
+    @property
+    def rows(self) -> int:
+        return self.plen.shape[0]

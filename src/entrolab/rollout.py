@@ -145,7 +145,12 @@ class _HFEngine:
 
 
 class _LeanEngine:
-    """Sampling through ``entrolab.lean``: each distinct prompt prefilled once, a preallocated KV cache."""
+    """Sampling through ``entrolab.lean``: each distinct prompt prefilled once, a preallocated KV cache.
+
+    Finished rows leave the cache lazily: they ride along (their outputs unused) until the row-steps spent on
+    them since the last compaction add up to half the cache's rows (about what one compaction costs, as it
+    copies the cache), then the cache is compacted.
+    """
 
     def __init__(self, lean: LeanDecoder) -> None:
         self.lean = lean
@@ -155,13 +160,24 @@ class _LeanEngine:
         uniq, rows = torch.unique(both, dim=0, return_inverse=True)  # the G samples of a prompt share it
         tp = prompt_ids.shape[1]
         logits, self.cache = self.lean.start(uniq[:, :tp], uniq[:, tp:], rows, max_new_tokens)
+        self.live = torch.arange(len(rows), device=rows.device)  # cache row of each live row
+        self.waste = 0  # dead row-steps since the last compaction
         return logits
 
     def keep(self, idx: torch.Tensor) -> None:
-        self.cache.keep(idx)
+        self.live = self.live[idx]
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.lean.step(tokens, self.cache)
+        dead = self.cache.rows - len(self.live)
+        self.waste += dead
+        if dead and 2 * self.waste >= self.cache.rows:
+            self.cache.keep(self.live)
+            self.live = torch.arange(len(self.live), device=self.live.device)
+            self.waste = 0
+        if len(self.live) == self.cache.rows:
+            return self.lean.step(tokens, self.cache)
+        full = tokens.new_zeros(self.cache.rows).index_copy(0, self.live, tokens)  # finished rows: any token
+        return self.lean.step(full, self.cache)[self.live]
 
 
 def _engine(model, backend: Backend) -> _HFEngine | _LeanEngine:
@@ -363,7 +379,7 @@ def teacher_forced(
     at most 1024: 1024 for small vocabularies, 441 for Qwen's 151,936.
     ``backend`` as in ``generate``: with ``"lean"`` (the ``"auto"`` choice for Llama/Qwen2/Mistral) each
     distinct prompt runs once, padding and each response's last token not at all, and masked positions
-    hold 0 (logits 0); with ``"hf"`` they hold whatever the model predicts there. Callers mask them.
+    hold 0 (logp, entropy and logits); with ``"hf"`` they hold whatever the model predicts there. Callers mask them.
     Differentiable.
     -> logp [B, T], entropy [B, T], tempered logits z [B, T, V] if ``return_logits`` else None
     """
@@ -371,16 +387,18 @@ def teacher_forced(
     if isinstance(engine, _LeanEngine):
         lean = engine.lean
         hidden, where = lean.response_hidden(prompt_ids, prompt_mask, response_ids, response_mask)  # [N, D]
+        pos = where.nonzero(as_tuple=True)
         if return_logits:
             z = upcast(lean.logits(hidden)) / temperature  # [N, V]
-            full = z.new_zeros(*where.shape, z.shape[-1]).index_put(where.nonzero(as_tuple=True), z)
-            return logprobs_from_logits(full, response_ids), entropy_from_logits(full), full
+            zeros = z.new_zeros(where.shape)
+            logp, entropy = logprobs_from_logits(z, response_ids[where]), entropy_from_logits(z)
+            full = z.new_zeros(*where.shape, z.shape[-1]).index_put(pos, z)
+            return zeros.index_put(pos, logp), zeros.index_put(pos, entropy), full
         w = lean.head.weight
         chunk_size = chunk_size or max(1, min(1024, 2**26 // w.shape[0]))
         logp, entropy = chunked_logprob_entropy(
             hidden, w, response_ids[where], temperature=temperature, bias=lean.head.bias, chunk_size=chunk_size
         )
-        pos = where.nonzero(as_tuple=True)
         zeros = logp.new_zeros(where.shape)
         return zeros.index_put(pos, logp), zeros.index_put(pos, entropy), None
     parts = None if return_logits else lm_head_parts(model)

@@ -11,6 +11,9 @@ Where it departs from the papers (and from verl / TRL):
   set other methods' options for the next step; their state is checkpointed with the rest.
 - Log-probs and entropies of the update come from hidden states through the chunked LM-head op
   (``logprob.py``); full [B, T, V] logits are built only for a method that declares ``needs=("logits",)``.
+- Sampling and the teacher-forced pass run through ``lean.py`` for Llama-family models (``backend="auto"``):
+  each distinct prompt once per group, the dense layers over real tokens only. It computes the same function
+  as the model's own forward (tested to 1e-10 in fp64); ``backend="hf"`` uses the model's forward instead.
 - A sample whose reward function raised (``--on-reward-error skip``) is dropped from the update (its mask is
   zeroed, so it leaves every denominator) and counted in ``reward/errors``. For the group statistics its
   reward is set to the mean of the rest of its group, so it does not move the group baseline.

@@ -11,8 +11,9 @@ computes the same function with less work:
 - **No padding in the dense layers.** Every projection and MLP runs on the packed real tokens only; only the
   attention sees a padded ``[B, heads, T, d]`` layout. The last token of each response predicts nothing and
   is not run at all.
-- **A preallocated KV cache** written in place during sampling, with fused q/k/v and gate/up projections
-  (weights concatenated once per rollout, under ``no_grad``), and rows that finished compacted out.
+- **Fewer, larger operations.** For models up to ``FUSE_MAX_PARAMS`` the q/k/v and gate/up projections are
+  one matrix each, with the RMSNorm weights folded in, and RoPE rotates q and k in one operation.
+- **A preallocated KV cache** written in place during sampling, and rows that finished compacted out.
 
 It reads the weights from the model at every call (nothing is copied between calls), so gradients reach the
 model's parameters and an optimizer step is seen by the next call. ``LeanDecoder.of(model)`` returns None for
@@ -40,14 +41,14 @@ UNSUPPORTED_ROPE = ("dynamic", "longrope")
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+def _rms(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
     """transformers' Llama RMSNorm: normalise in (at least) fp32, scale by the weight in the input dtype."""
     dt = x.dtype
     if not torch.is_grad_enabled() and dt in (torch.float32, torch.float64):
         return F.rms_norm(x, x.shape[-1:], weight, eps)  # fused kernel, same arithmetic (its backward is slower)
     h = x.to(torch.promote_types(dt, torch.float32))
-    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * h.to(dt)
+    h = (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)).to(dt)
+    return h if weight is None else weight * h
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -59,6 +60,23 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
 
 def _linear(x: torch.Tensor, mod: torch.nn.Linear) -> torch.Tensor:
     return F.linear(x, mod.weight, mod.bias)
+
+
+FUSE_MAX_PARAMS = 50_000_000
+"""Models up to this size get concatenated, norm-folded projection weights (see ``LeanDecoder.plan``)."""
+
+
+@dataclass
+class _Weights:
+    """One layer's weights for one call (see ``LeanDecoder.plan``)."""
+
+    qkv: list[torch.Tensor]  # [q | k | v] concatenated (one [3D', D]) or separate
+    qkv_bias: torch.Tensor | None  # [(h + 2 kv) d]
+    o: torch.nn.Linear
+    gu: list[torch.Tensor]  # [gate | up] concatenated or separate
+    down: torch.nn.Linear
+    norm1: torch.Tensor | None  # None when folded into qkv
+    norm2: torch.Tensor | None  # None when folded into gu
 
 
 @dataclass
@@ -87,6 +105,7 @@ class LeanDecoder:
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.heads
         self.eps = cfg.rms_norm_eps
         self.scale = self.head_dim**-0.5
+        self.n_params = sum(p.numel() for p in model.parameters())
         self._tables: tuple[int, torch.dtype, torch.device, torch.Tensor, torch.Tensor] | None = None
 
     @staticmethod
@@ -155,28 +174,58 @@ class LeanDecoder:
             t = self._tables = (n, like.dtype, like.device, cos[0], sin[0])
         return t[3][:length], t[4][:length]
 
-    def _qkv(self, x: torch.Tensor, ly: _Layer, fused: dict | None) -> tuple[torch.Tensor, ...]:
-        """q [N, h, d], k [N, kv, d], v [N, kv, d] of packed tokens x [N, D]."""
-        n = x.shape[0]
-        a = ly.attn
-        if fused is not None:
-            w, b = fused["qkv"][id(ly)]
-            q, k, v = F.linear(x, w, b).split([self.heads * self.head_dim, *[self.kv_heads * self.head_dim] * 2], -1)
-        else:
-            q, k, v = _linear(x, a.q_proj), _linear(x, a.k_proj), _linear(x, a.v_proj)
-        return (
-            q.view(n, self.heads, self.head_dim),
-            k.view(n, self.kv_heads, self.head_dim),
-            v.view(n, self.kv_heads, self.head_dim),
-        )
+    def plan(self) -> list[_Weights]:
+        """Per layer, the weights of this call: q/k/v and gate/up concatenated and the RMSNorm weights folded
+        into them (``(x_hat * w) @ W^T = x_hat @ (W * w)^T``) for models of at most ``FUSE_MAX_PARAMS``
+        parameters, where per-op costs dominate; separate, unfolded weights above, where the copies would cost
+        memory. Differentiable when grad is enabled (gradients reach the model's parameters)."""
+        fuse = self.n_params <= FUSE_MAX_PARAMS
+        out = []
+        for ly in self.layers:
+            a, m = ly.attn, ly.mlp
+            bias = None if a.q_proj.bias is None else torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias])
+            if fuse:
+                n1, n2 = ly.norm1.weight, ly.norm2.weight
+                qkv = [torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]) * n1]
+                gu = [torch.cat([m.gate_proj.weight, m.up_proj.weight]) * n2]
+                out.append(_Weights(qkv, bias, a.o_proj, gu, m.down_proj, None, None))
+            else:
+                qkv = [a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]
+                gu = [m.gate_proj.weight, m.up_proj.weight]
+                out.append(_Weights(qkv, bias, a.o_proj, gu, m.down_proj, ly.norm1.weight, ly.norm2.weight))
+        return out
 
-    def _mlp(self, x: torch.Tensor, ly: _Layer, fused: dict | None) -> torch.Tensor:
-        m = ly.mlp
-        if fused is not None:
-            gate, up = F.linear(x, fused["gu"][id(ly)]).chunk(2, -1)
+    def _qkv(self, x: torch.Tensor, w: _Weights, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """Normed, projected and rotated q|k|v of packed tokens x [N, D].  -> [N, h + 2 kv, d]
+
+        cos/sin are ``rope_rows`` tables [N, h + 2 kv, d] (identity on the v heads)."""
+        h = _rms(x, w.norm1, self.eps)
+        out = torch.cat([F.linear(h, wi) for wi in w.qkv], -1) if len(w.qkv) > 1 else F.linear(h, w.qkv[0])
+        if w.qkv_bias is not None:
+            out = out + w.qkv_bias
+        out = out.view(x.shape[0], self.heads + 2 * self.kv_heads, self.head_dim)
+        half = self.head_dim // 2
+        return out * cos + torch.cat([out[..., half:], out[..., :half]], -1) * sin
+
+    def rope_rows(self, pos: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """RoPE tables for tokens at positions pos [N], laid out for ``_qkv``: cos [N, h + 2 kv, d] (1 on the v
+        heads) and sin with the rotate-half sign folded in (0 on the v heads)."""
+        cos, sin = self.tables(int(pos.max()) + 1, like)
+        cos, sin = cos[pos], sin[pos]  # [N, d]
+        half = self.head_dim // 2
+        sin = torch.cat([-sin[:, :half], sin[:, half:]], -1)
+        n, qk, kv = pos.shape[0], self.heads + self.kv_heads, self.kv_heads
+        cos = torch.cat([cos[:, None].expand(n, qk, -1), cos.new_ones(n, kv, self.head_dim)], 1)
+        sin = torch.cat([sin[:, None].expand(n, qk, -1), sin.new_zeros(n, kv, self.head_dim)], 1)
+        return cos, sin
+
+    def _mlp(self, x: torch.Tensor, w: _Weights) -> torch.Tensor:
+        h = _rms(x, w.norm2, self.eps)
+        if len(w.gu) == 1:
+            gate, up = F.linear(h, w.gu[0]).chunk(2, -1)
         else:
-            gate, up = _linear(x, m.gate_proj), _linear(x, m.up_proj)
-        return _linear(F.silu(gate) * up, m.down_proj)
+            gate, up = F.linear(h, w.gu[0]), F.linear(h, w.gu[1])
+        return _linear(F.silu(gate) * up, w.down)
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Softmax attention; q [b, h, tq, d], k/v [b, kv, tk, d], mask bool [b, 1, tq, tk] -> [b, h, tq, d]."""
@@ -184,17 +233,10 @@ class LeanDecoder:
             q, k, v, attn_mask=mask, scale=self.scale, enable_gqa=self.kv_heads != self.heads
         )
 
-    def fused_weights(self) -> dict:
-        """q/k/v and gate/up weights concatenated, for sampling (no gradient)."""
-        with torch.no_grad():
-            qkv, gu = {}, {}
-            for ly in self.layers:
-                a, m = ly.attn, ly.mlp
-                w = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight])
-                b = None if a.q_proj.bias is None else torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias])
-                qkv[id(ly)] = (w, b)
-                gu[id(ly)] = torch.cat([m.gate_proj.weight, m.up_proj.weight])
-        return {"qkv": qkv, "gu": gu}
+    def _split(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """[b, h + 2 kv, T, d] -> q [b, h, T, d], k [b, kv, T, d], v [b, kv, T, d] (views)."""
+        h, kv = self.heads, self.kv_heads
+        return t[:, :h], t[:, h : h + kv], t[:, h + kv :]
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """LM head over final hidden states (after the final norm).  [..., D] -> [..., V]"""
@@ -206,29 +248,26 @@ class LeanDecoder:
         self,
         ids: torch.Tensor,  # [U, Tp] left-padded
         mask: torch.Tensor,  # [U, Tp]
-        fused: dict | None = None,
+        plan: list[_Weights] | None = None,
     ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
         """Run prompts: final-normed hidden state of each prompt's last token [U, D], and per layer k, v
         [U, kv, Tp, d] (positions already rotated; padding positions hold finite junk that masks hide)."""
+        plan = plan or self.plan()
         tp = ids.shape[1]
         valid = mask.bool()
         pos = (mask.long().cumsum(-1) - 1).clamp(min=0)  # [U, Tp]
         x = self.embed(ids[valid])  # [Np, D] packed real prompt tokens
-        cos, sin = self.tables(int(pos.max()) + 1, x)
-        cos, sin = cos[pos[valid]][:, None], sin[pos[valid]][:, None]  # [Np, 1, d]
+        cos, sin = self.rope_rows(pos[valid], x)
         causal = torch.ones(tp, tp, dtype=torch.bool, device=ids.device).tril()
         amask = (causal[None] & valid[:, None, :]) | torch.eye(tp, dtype=torch.bool, device=ids.device)[None]
         amask = amask[:, None]  # [U, 1, Tp, Tp]; pad queries see themselves only (finite, unused)
         kvs = []
-        for ly in self.layers:
-            h = _rms(x, ly.norm1.weight, self.eps)
-            q, k, v = self._qkv(h, ly, fused)
-            q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
-            qp, kp, vp = (self._scatter(t, valid) for t in (q, k, v))  # [U, heads, Tp, d]
+        for w in plan:
+            qp, kp, vp = self._split(self._scatter(self._qkv(x, w, cos, sin), valid))  # [U, heads, Tp, d]
             kvs.append((kp, vp))
             o = self._attend(qp, kp, vp, amask).transpose(1, 2)[valid].reshape(x.shape[0], -1)  # [Np, h*d]
-            x = x + _linear(o, ly.attn.o_proj)
-            x = x + self._mlp(_rms(x, ly.norm2.weight, self.eps), ly, fused)
+            x = x + _linear(o, w.o)
+            x = x + self._mlp(x, w)
         last = _rms(x, self.norm.weight, self.eps)[valid.long().cumsum(-1)[:, -1].cumsum(0) - 1]  # [U, D]
         return last, kvs
 
@@ -259,7 +298,8 @@ class LeanDecoder:
         uniq, inverse = torch.unique(torch.cat([prompt_ids, prompt_mask.long()], 1), dim=0, return_inverse=True)
         tp = prompt_ids.shape[1]
         uids, umask = uniq[:, :tp], uniq[:, tp:]
-        last, kvs = self.prompt_pass(uids, umask)
+        plan = self.plan()
+        last, kvs = self.prompt_pass(uids, umask, plan)
         # response inputs: token i is run when token i+1 is real (it predicts it); the last real one is not run
         run = torch.zeros_like(rmask)
         run[:, :-1] = rmask[:, 1:]  # [B, T]
@@ -270,31 +310,26 @@ class LeanDecoder:
             h = last[inverse][:, None].expand(b, t, -1)
             return h[rmask], rmask
         x = self.embed(response_ids[run])  # [Nr, D]
-        pos = (plen[:, None] + torch.arange(t, device=plen.device)[None])[run]  # [Nr]
-        cos, sin = self.tables(int(pos.max()) + 1, x)
-        cos, sin = cos[pos][:, None], sin[pos][:, None]
+        cos, sin = self.rope_rows((plen[:, None] + torch.arange(t, device=plen.device)[None])[run], x)
         tr = int(run.sum(-1).max())  # longest run per row; run rows are prefixes, so trim to it
         runp = run[:, :tr]
         causal = torch.ones(tr, tr, dtype=torch.bool, device=plen.device).tril()
         key_ok = torch.cat([pvalid[:, None, :].expand(b, tr, tp), causal[None].expand(b, tr, tr)], -1)
         key_ok = key_ok[:, None]  # [B, 1, tr, Tp + tr]
-        for ly, (kp, vp) in zip(self.layers, kvs, strict=True):
-            h = _rms(x, ly.norm1.weight, self.eps)
-            q, k, v = self._qkv(h, ly, None)
-            q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
-            qr, kr, vr = (self._scatter(z, runp) for z in (q, k, v))  # [B, h, tr, d]
+        for w, (kp, vp) in zip(plan, kvs, strict=True):
+            qr, kr, vr = self._split(self._scatter(self._qkv(x, w, cos, sin), runp))  # [B, heads, tr, d]
             kk = torch.cat([kp[inverse], kr], 2)
             vv = torch.cat([vp[inverse], vr], 2)
             o = self._attend(qr, kk, vv, key_ok).transpose(1, 2)[runp].reshape(x.shape[0], -1)
-            x = x + _linear(o, ly.attn.o_proj)
-            x = x + self._mlp(_rms(x, ly.norm2.weight, self.eps), ly, None)
+            x = x + _linear(o, w.o)
+            x = x + self._mlp(x, w)
         hr = _rms(x, self.norm.weight, self.eps)  # [Nr, D], row-major over run positions
         # predictors of real tokens: position 0 <- prompt's last state; position i+1 <- run output at i
         out = x.new_zeros(b, t, x.shape[-1])
         out[:, 0] = last[inverse]
         shifted = torch.zeros_like(run)
         shifted[:, 1:] = run[:, :-1]
-        out = out.index_put((shifted.nonzero(as_tuple=True)), hr) if n_run else out
+        out = out.index_put((shifted.nonzero(as_tuple=True)), hr)
         return out[rmask], rmask
 
     # ------------------------------------------------------------------------------------------- sampling
@@ -310,9 +345,10 @@ class LeanDecoder:
 
         -> last-token logits [n, V] and the cache, sized for ``max_new_tokens`` more tokens.
         """
-        fused = self.fused_weights()
-        last, kvs = self.prompt_pass(prompt_ids, prompt_mask, fused)
-        cache = KVCache(kvs, rows, prompt_mask.bool()[rows], max_new_tokens, fused)
+        with torch.no_grad():
+            plan = self.plan()
+            last, kvs = self.prompt_pass(prompt_ids, prompt_mask, plan)
+        cache = KVCache(kvs, rows, prompt_mask.bool()[rows], max_new_tokens, plan)
         return self.logits(last)[rows], cache
 
     def step(self, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
@@ -321,25 +357,21 @@ class LeanDecoder:
         h, kv, d = self.heads, self.kv_heads, self.head_dim
         g = h // kv
         x = self.embed(tokens)  # [n, D]
-        pos = cache.positions()  # [n]
-        cos, sin = self.tables(int(pos.max()) + 1, x)
-        cos, sin = cos[pos][:, None], sin[pos][:, None]  # [n, 1, d]
+        cos, sin = self.rope_rows(cache.positions(), x)
         slot = cache.length
         bias = cache.bias[:, None, None, : slot + 1]  # [n, 1, 1, L] 0 or -inf
-        for i, ly in enumerate(self.layers):
-            w, b = cache.fused["qkv"][id(ly)]
-            qkv = F.linear(_rms(x, ly.norm1.weight, self.eps), w, b).view(n, h + 2 * kv, d)
-            qk = _rotate(qkv[:, : h + kv], cos, sin)  # [n, h + kv, d]
+        for i, w in enumerate(cache.plan):
+            qkv = self._qkv(x, w, cos, sin)  # [n, h + 2 kv, d]
             kc, vc = cache.k[i], cache.v[i]  # [n, kv, total, d]
-            kc[:, :, slot] = qk[:, h:]
+            kc[:, :, slot] = qkv[:, h : h + kv]
             vc[:, :, slot] = qkv[:, h + kv :]
             keys = kc[:, :, : slot + 1].reshape(n * kv, slot + 1, d)  # a view: (n, kv) merge
             vals = vc[:, :, : slot + 1].reshape(n * kv, slot + 1, d)
-            q = qk[:, :h].reshape(n * kv, g, d)  # the g query heads that share a kv head, together
+            q = qkv[:, :h].reshape(n * kv, g, d)  # the g query heads that share a kv head, together
             scores = torch.bmm(q, keys.transpose(1, 2)).view(n, kv, g, slot + 1) * self.scale + bias
             o = torch.bmm(scores.softmax(-1).view(n * kv, g, slot + 1), vals)  # [n * kv, g, d]
-            x = x + _linear(o.reshape(n, h * d), ly.attn.o_proj)
-            x = x + self._mlp(_rms(x, ly.norm2.weight, self.eps), ly, cache.fused)
+            x = x + _linear(o.reshape(n, h * d), w.o)
+            x = x + self._mlp(x, w)
         cache.length += 1
         return self.logits(_rms(x, self.norm.weight, self.eps))
 
@@ -353,7 +385,7 @@ class KVCache:
         rows: torch.Tensor,  # [n] prompt index of each live row
         prompt_valid: torch.Tensor,  # [n, Tp] bool
         max_new_tokens: int,
-        fused: dict,
+        plan: list[_Weights],
     ) -> None:
         n, tp = prompt_valid.shape
         total = tp + max_new_tokens
@@ -371,7 +403,7 @@ class KVCache:
         self.plen = prompt_valid.sum(-1)  # [n]
         self.tp = tp
         self.length = tp  # filled slots
-        self.fused = fused
+        self.plan = plan
 
     def positions(self) -> torch.Tensor:
         """Position id of the token about to be written, per live row.  [n]"""

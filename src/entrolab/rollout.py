@@ -93,6 +93,17 @@ def encode_prompts(tokenizer, prompts: list[str]) -> tuple[torch.Tensor, torch.T
     return enc["input_ids"], enc["attention_mask"]
 
 
+def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One draw per row from unnormalised probabilities [n, V] by inverse transform: one uniform per row and a
+    binary search in the row's cumulative sum, so a zero-probability token is never drawn.  -> [n] int64
+
+    Exact like ``torch.multinomial`` (which draws V exponentials per row, ~8x slower for V = 100).
+    """
+    cdf = probs.cumsum(-1)  # [n, V]
+    u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device, dtype=cdf.dtype) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=probs.shape[-1] - 1)
+
+
 def _top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     """Zero the tail of each row outside the smallest set with mass >= top_p (the top token is kept)."""
     if top_p >= 1.0:
@@ -216,10 +227,11 @@ def _sample_chunk(
     for _ in range(max_new_tokens):
         z = logits / temperature
         logprobs = torch.log_softmax(z, -1)  # [n, V]
-        nxt = torch.multinomial(_top_p_filter(logprobs.exp(), top_p), 1, generator=generator).squeeze(-1)  # [n]
+        probs = logprobs.exp()
+        nxt = sample_categorical(_top_p_filter(probs, top_p), generator)  # [n]
         ids.append(torch.full((b,), pad_id, dtype=nxt.dtype, device=dev).index_copy(0, rows, nxt))
         logps.append(torch.zeros(b, device=dev).index_copy(0, rows, logprobs.gather(-1, nxt[:, None])[:, 0]))
-        ents.append(torch.zeros(b, device=dev).index_copy(0, rows, entropy_from_logits(z)))
+        ents.append(torch.zeros(b, device=dev).index_copy(0, rows, -(probs * logprobs).sum(-1)))
         for k, fn in extras.items():
             more[k].append(torch.zeros(b, device=dev).index_copy(0, rows, fn(z).float()))
         finished = nxt == eos_id  # [n]

@@ -128,9 +128,12 @@ def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 # ------------------------------------------------------------------------------ teacher forcing: exactness
 
 
+@pytest.mark.parametrize("fuse", [True, False], ids=["fused", "separate"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("arch", ARCHS)
-def test_teacher_forced_values_and_every_gradient_equal_the_hf_forward(arch, dtype):
+def test_teacher_forced_values_and_every_gradient_equal_the_hf_forward(arch, dtype, fuse, monkeypatch):
+    # fused: q/k/v and gate/up concatenated with the norms folded in (small models); separate: as for big ones
+    monkeypatch.setattr("entrolab.lean.FUSE_MAX_PARAMS", 10**12 if fuse else 0)
     model = build(arch).to(dtype)
     assert LeanDecoder.of(model) is not None
     if arch == "llama_gqa":
@@ -216,8 +219,10 @@ def hf_last_logits(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor
 
 
 @pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("fuse", [True, False], ids=["fused", "separate"])
 @torch.no_grad()
-def test_decoding_steps_equal_the_full_forward_also_after_rows_leave_the_cache(arch):
+def test_decoding_steps_equal_the_full_forward_also_after_rows_leave_the_cache(arch, fuse, monkeypatch):
+    monkeypatch.setattr("entrolab.lean.FUSE_MAX_PARAMS", 10**12 if fuse else 0)
     model = build(arch).double()
     lean = LeanDecoder.of(model)
     uids, umask = encode_prompts(TOK, PROMPTS)  # [3, Tp] distinct prompts

@@ -10,7 +10,11 @@ the built-in ``arithmetic`` task's prompts as plain strings, its verifier as the
 size 8 = 64 completions per step, at most 32 new tokens, temperature 1, top-p 1, no top-k, one PPO epoch
 (TRL ``num_iterations=1``), one optimizer step per generation batch, no KL (beta 0), GRPO loss
 (seq-mean-token-mean; TRL ``loss_type="grpo"``), AdamW lr 1e-4 constant, betas (0.9, 0.99), clip 1.0, fp32, no
-vLLM. The two run alternately (order swapped every repeat), a warm-up step each, then ``--steps`` steps.
+vLLM. The sides run alternately (who goes first rotates every repeat), a warm-up step each, then ``--steps``
+steps. Sides: ``trl``; ``entrolab`` (``backend="auto"``: the lean forward of ``entrolab.lean``); and, unless
+``--no-hf``, ``entrolab-hf`` (``backend="hf"``: the model's own Hugging Face forward), the "before" of the
+lean backend. This machine's speed drifts by tens of percent over minutes, so compare sides within a repeat
+and use several repeats (``--repeats 5`` for the quoted results).
 
 What is timed, per step:
 - TRL: wall time from ``on_step_begin`` to ``on_step_end`` of a ``TrainerCallback``: generation, reward,

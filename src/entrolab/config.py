@@ -20,8 +20,7 @@ from typing import Annotated, Any, Literal, get_args
 from tyro.conf import arg
 
 from entrolab import registry
-
-Backend = Literal["auto", "lean", "hf"]
+from entrolab.lean import Backend
 
 LRSchedule = Literal["constant", "cosine", "linear"]
 OnRewardError = Literal["raise", "skip"]

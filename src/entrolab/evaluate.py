@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
-from entrolab.config import Backend
+from entrolab.lean import Backend
 from entrolab.ops import masked_mean, pass_at_k
 from entrolab.rewards import score_completions
 from entrolab.rollout import Rollout, generate

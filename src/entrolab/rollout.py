@@ -21,8 +21,7 @@ from typing import get_args
 
 import torch
 
-from entrolab.config import Backend
-from entrolab.lean import SUPPORTED_TYPES, LeanDecoder
+from entrolab.lean import SUPPORTED_TYPES, Backend, LeanDecoder
 from entrolab.logprob import chunked_logprob_entropy
 from entrolab.ops import entropy_from_logits, logprobs_from_logits, upcast
 

@@ -264,6 +264,8 @@ def matmul_floor(model, r) -> float:
     import torch
     import torch.nn.functional as F
 
+    from entrolab.lean import distinct_prompts
+
     weights = []
     for ly in model.model.layers:
         a, m = ly.self_attn, ly.mlp
@@ -279,8 +281,7 @@ def matmul_floor(model, r) -> float:
         return out
 
     lengths = r.response_mask.sum(-1).long()
-    distinct = torch.unique(torch.cat([r.prompt_ids, r.prompt_mask.long()], 1), dim=0)
-    prompt_tokens = int(distinct[:, r.prompt_ids.shape[1] :].sum())
+    prompt_tokens = int(distinct_prompts(r.prompt_ids, r.prompt_mask)[1].sum())
     d = model.config.hidden_size
     rows_per_step = [int((lengths > t).sum()) for t in range(1, int(lengths.max()))]  # decode steps after prefill
     trained = prompt_tokens + int(lengths.sum()) - len(lengths)

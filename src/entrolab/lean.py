@@ -43,6 +43,11 @@ applies (``auto``)."""
 SUPPORTED_TYPES = ("llama", "qwen2", "mistral")
 UNSUPPORTED_ROPE = ("dynamic", "longrope")
 
+# Config fields by which some architectures change the logits after the LM head (Gemma's tanh soft-capping,
+# Cohere's logit_scale, Granite's and HyperCLOVA X's logits_scaling, Falcon-H1's lm_head_multiplier). A model
+# that sets one of them gets full logits from its own forward, which is always right, just not chunked.
+LOGIT_MODIFIERS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "lm_head_multiplier")
+
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -56,11 +61,14 @@ def _rms(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tens
     return h if weight is None else weight * h
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """RoPE with the rotate-half convention; cos/sin broadcast against x  [..., d]."""
-    half = x.shape[-1] // 2
-    rot = torch.cat([-x[..., half:], x[..., :half]], -1)
-    return x * cos + rot * sin
+def distinct_prompts(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The distinct (ids, mask) rows of left-padded prompts [B, Tp] (the G samples of a prompt share one).
+
+    -> ids [U, Tp], mask [U, Tp], and inverse [B]: the distinct row each input row is.
+    """
+    tp = ids.shape[1]
+    uniq, inverse = torch.unique(torch.cat([ids, mask.to(ids.dtype)], 1), dim=0, return_inverse=True)
+    return uniq[:, :tp], uniq[:, tp:], inverse
 
 
 def _linear(x: torch.Tensor, mod: torch.nn.Linear) -> torch.Tensor:
@@ -134,7 +142,10 @@ class LeanDecoder:
             and self.rotary is base.rotary_emb
             and len(self.layers) == len(base.layers)
             and all(
-                ly.attn is m.self_attn and ly.mlp is m.mlp and ly.norm1 is m.input_layernorm
+                ly.attn is m.self_attn
+                and ly.mlp is m.mlp
+                and ly.norm1 is m.input_layernorm
+                and ly.norm2 is m.post_attention_layernorm
                 for ly, m in zip(self.layers, base.layers, strict=True)
             )
         )
@@ -156,8 +167,7 @@ class LeanDecoder:
             return False
         if getattr(cfg, "pretraining_tp", 1) != 1:
             return False
-        modifiers = ("final_logit_softcapping", "logit_scale", "logits_scaling", "lm_head_multiplier")
-        for name in (*modifiers, "attn_logit_softcapping"):
+        for name in (*LOGIT_MODIFIERS, "attn_logit_softcapping"):
             if getattr(cfg, name, None) not in (None, 1, 1.0):
                 return False
         base = getattr(model, "model", None)
@@ -253,11 +263,10 @@ class LeanDecoder:
         self,
         ids: torch.Tensor,  # [U, Tp] left-padded
         mask: torch.Tensor,  # [U, Tp]
-        plan: list[_Weights] | None = None,
+        plan: list[_Weights],
     ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
         """Run prompts: final-normed hidden state of each prompt's last token [U, D], and per layer k, v
         [U, kv, Tp, d] (positions already rotated; padding positions hold finite junk that masks hide)."""
-        plan = plan or self.plan()
         tp = ids.shape[1]
         valid = mask.bool()
         pos = (mask.long().cumsum(-1) - 1).clamp(min=0)  # [U, Tp]
@@ -300,9 +309,8 @@ class LeanDecoder:
         """
         b, t = response_ids.shape
         rmask = response_mask > 0  # [B, T]
-        uniq, inverse = torch.unique(torch.cat([prompt_ids, prompt_mask.long()], 1), dim=0, return_inverse=True)
+        uids, umask, inverse = distinct_prompts(prompt_ids, prompt_mask)
         tp = prompt_ids.shape[1]
-        uids, umask = uniq[:, :tp], uniq[:, tp:]
         plan = self.plan()
         last, kvs = self.prompt_pass(uids, umask, plan)
         # response inputs: token i is run when token i+1 is real (it predicts it); the last real one is not run
@@ -353,8 +361,8 @@ class LeanDecoder:
         with torch.no_grad():
             plan = self.plan()
             last, kvs = self.prompt_pass(prompt_ids, prompt_mask, plan)
-        cache = KVCache(kvs, rows, prompt_mask.bool()[rows], max_new_tokens, plan)
-        return self.logits(last)[rows], cache
+            logits = self.logits(last)[rows]
+        return logits, KVCache(kvs, rows, prompt_mask.bool()[rows], max_new_tokens, plan)
 
     def step(self, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Feed one token per cache row ([n] ids), append to the cache.  -> logits [n, V]"""

@@ -21,7 +21,7 @@ from typing import get_args
 
 import torch
 
-from entrolab.lean import SUPPORTED_TYPES, Backend, LeanDecoder
+from entrolab.lean import LOGIT_MODIFIERS, SUPPORTED_TYPES, Backend, LeanDecoder, distinct_prompts
 from entrolab.logprob import chunked_logprob_entropy
 from entrolab.ops import entropy_from_logits, logprobs_from_logits, upcast
 
@@ -166,10 +166,8 @@ class _LeanEngine:
         self.lean = lean
 
     def start(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
-        both = torch.cat([prompt_ids, prompt_mask.to(prompt_ids.dtype)], 1)
-        uniq, rows = torch.unique(both, dim=0, return_inverse=True)  # the G samples of a prompt share it
-        tp = prompt_ids.shape[1]
-        logits, self.cache = self.lean.start(uniq[:, :tp], uniq[:, tp:], rows, max_new_tokens)
+        uids, umask, rows = distinct_prompts(prompt_ids, prompt_mask)
+        logits, self.cache = self.lean.start(uids, umask, rows, max_new_tokens)
         self.live = torch.arange(len(rows), device=rows.device)  # cache row of each live row
         self.waste = 0  # dead row-steps since the last compaction
         return logits
@@ -235,7 +233,7 @@ def _sample_chunk(
             more[k].append(torch.zeros(b, device=dev).index_copy(0, rows, fn(z).float()))
         finished = nxt == eos_id  # [n]
         done[rows[finished]] = True
-        if bool(done.all()) or len(ids) == max_new_tokens:
+        if bool(done.all()) or len(ids) == max_new_tokens:  # no forward for a token that will not be sampled
             break
         if bool(finished.any()):  # finished rows leave the batch (and the KV cache): no work on padding
             keep = torch.nonzero(~finished).squeeze(-1)
@@ -328,12 +326,6 @@ def generate(
     return parts[0] if len(parts) == 1 else Rollout.cat(parts, tokenizer.pad_token_id)
 
 
-# Config fields by which some architectures change the logits after the LM head (Gemma's tanh soft-capping,
-# Cohere's logit_scale, Granite's and HyperCLOVA X's logits_scaling, Falcon-H1's lm_head_multiplier). A model
-# that sets one of them gets full logits from its own forward, which is always right, just not chunked.
-LOGIT_MODIFIERS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "lm_head_multiplier")
-
-
 def lm_head_parts(model):
     """(base model, LM-head weight [V, D], bias [V] | None) when logits = head(base's last hidden state); else None.
 
@@ -395,33 +387,34 @@ def teacher_forced(
     -> logp [B, T], entropy [B, T], tempered logits z [B, T, V] if ``return_logits`` else None
     """
     engine = _engine(model, backend)
-    if isinstance(engine, _LeanEngine):
-        lean = engine.lean
-        hidden, where = lean.response_hidden(prompt_ids, prompt_mask, response_ids, response_mask)  # [N, D]
-        pos = where.nonzero(as_tuple=True)
+    if isinstance(engine, _LeanEngine):  # packed: [N, D] hidden states of the N real response tokens
+        hidden, where = engine.lean.response_hidden(prompt_ids, prompt_mask, response_ids, response_mask)
+        targets, pos = response_ids[where], where.nonzero(as_tuple=True)
+
+        def unpack(x: torch.Tensor) -> torch.Tensor:  # [N] -> [B, T], 0 on masked positions
+            return x.new_zeros(where.shape).index_put(pos, x)
+
         if return_logits:
-            z = upcast(lean.logits(hidden)) / temperature  # [N, V]
-            zeros = z.new_zeros(where.shape)
-            logp, entropy = logprobs_from_logits(z, response_ids[where]), entropy_from_logits(z)
+            z = upcast(engine.lean.logits(hidden)) / temperature  # [N, V]
             full = z.new_zeros(*where.shape, z.shape[-1]).index_put(pos, z)
-            return zeros.index_put(pos, logp), zeros.index_put(pos, entropy), full
-        w = lean.head.weight
-        chunk_size = chunk_size or max(1, min(1024, 2**26 // w.shape[0]))
-        logp, entropy = chunked_logprob_entropy(
-            hidden, w, response_ids[where], temperature=temperature, bias=lean.head.bias, chunk_size=chunk_size
-        )
-        zeros = logp.new_zeros(where.shape)
-        return zeros.index_put(pos, logp), zeros.index_put(pos, entropy), None
-    parts = None if return_logits else lm_head_parts(model)
-    if parts is None:
-        z = upcast(response_logits(model, prompt_ids, prompt_mask, response_ids, response_mask)) / temperature
-        return logprobs_from_logits(z, response_ids), entropy_from_logits(z), z if return_logits else None
-    base, weight, bias = parts
+            return unpack(logprobs_from_logits(z, targets)), unpack(entropy_from_logits(z)), full
+        weight, bias = engine.lean.head.weight, engine.lean.head.bias
+    else:
+        parts = None if return_logits else lm_head_parts(model)
+        if parts is None:
+            z = upcast(response_logits(model, prompt_ids, prompt_mask, response_ids, response_mask)) / temperature
+            return logprobs_from_logits(z, response_ids), entropy_from_logits(z), z if return_logits else None
+        base, weight, bias = parts
+        t = response_ids.shape[1]
+        inputs = _forward_inputs(prompt_ids, prompt_mask, response_ids, response_mask)
+        hidden = base(**inputs, use_cache=False).last_hidden_state[:, -(t + 1) : -1]  # [B, T, D]
+        targets = response_ids
+
+        def unpack(x: torch.Tensor) -> torch.Tensor:
+            return x
+
     chunk_size = chunk_size or max(1, min(1024, 2**26 // weight.shape[0]))
-    t = response_ids.shape[1]
-    inputs = _forward_inputs(prompt_ids, prompt_mask, response_ids, response_mask)
-    hidden = base(**inputs, use_cache=False).last_hidden_state[:, -(t + 1) : -1]  # [B, T, D]
     logp, entropy = chunked_logprob_entropy(
-        hidden, weight, response_ids, temperature=temperature, bias=bias, chunk_size=chunk_size
+        hidden, weight, targets, temperature=temperature, bias=bias, chunk_size=chunk_size
     )
-    return logp, entropy, None
+    return unpack(logp), unpack(entropy), None

@@ -145,6 +145,35 @@ def split_examples(
     return train, test
 
 
+class GeneratedTask:
+    """Shared body of the procedurally generated tasks: a frozen config, a seed, seeded disjoint splits.
+
+    Subclasses set ``name`` and ``config_class`` and implement ``generate`` (all candidate problems, drawn with
+    ``rng``), ``verify``, ``extract_answer`` and ``demonstration``.
+    """
+
+    name: str
+    config_class: type
+
+    def __init__(self, config: Any = None, seed: int = 0) -> None:
+        self.config = config or self.config_class()
+        self.seed = seed
+        examples = self.generate(self.config, random.Random(seed))
+        self.train, self.test = split_examples(
+            examples, random.Random(seed), self.config.test_size, self.config.max_train
+        )
+
+    @staticmethod
+    def generate(config: Any, rng: random.Random) -> list[Example]:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.config}, seed={self.seed}, train={len(self.train)}, test={len(self.test)})"
+
+    def prompt(self, example: Example) -> str:
+        return example.prompt
+
+
 # ---- registry -------------------------------------------------------------------------------------------
 
 TaskName = Literal["arithmetic", "countdown", "jsonl"]

@@ -19,13 +19,13 @@ from entrolab.tasks import (
     RIGHT,
     WRONG,
     Example,
+    GeneratedTask,
     Reason,
     Verdict,
     check_demo_mix,
     check_range,
     draw_demo_kind,
     final_answer,
-    split_examples,
 )
 
 Operator = Literal["+", "-", "*"]
@@ -162,24 +162,12 @@ def arithmetic_demonstration(example: Example, kind: Reason, rng: random.Random)
     return "\n".join([*steps, f"{ANSWER_TAG} {garbage}"])
 
 
-class ArithmeticTask:
+class ArithmeticTask(GeneratedTask):
     """The ``arithmetic`` task: seeded, disjoint train/test splits of distinct expressions."""
 
     name = "arithmetic"
-
-    def __init__(self, config: ArithmeticConfig | None = None, seed: int = 0) -> None:
-        self.config = config or ArithmeticConfig()
-        self.seed = seed
-        examples = generate_arithmetic(self.config, random.Random(seed))
-        self.train, self.test = split_examples(
-            examples, random.Random(seed), self.config.test_size, self.config.max_train
-        )
-
-    def __repr__(self) -> str:
-        return f"ArithmeticTask({self.config}, seed={self.seed}, train={len(self.train)}, test={len(self.test)})"
-
-    def prompt(self, example: Example) -> str:
-        return example.prompt
+    config_class = ArithmeticConfig
+    generate = staticmethod(generate_arithmetic)
 
     def verify(self, completion: str, example: Example) -> Verdict:
         return verify_arithmetic(completion, example)

@@ -29,13 +29,13 @@ from entrolab.tasks import (
     RIGHT,
     WRONG,
     Example,
+    GeneratedTask,
     Reason,
     Verdict,
     check_demo_mix,
     check_range,
     draw_demo_kind,
     final_answer,
-    split_examples,
 )
 
 Operator = Literal["+", "-", "*"]
@@ -312,24 +312,12 @@ def countdown_demonstration(example: Example, kind: Reason, rng: random.Random, 
     return "\n".join([*solution.steps, f"{ANSWER_TAG} {solution.expression}={target}"])
 
 
-class CountdownTask:
+class CountdownTask(GeneratedTask):
     """The ``countdown`` task: seeded, disjoint train/test splits of distinct (numbers, target) problems."""
 
     name = "countdown"
-
-    def __init__(self, config: CountdownConfig | None = None, seed: int = 0) -> None:
-        self.config = config or CountdownConfig()
-        self.seed = seed
-        examples = generate_countdown(self.config, random.Random(seed))
-        self.train, self.test = split_examples(
-            examples, random.Random(seed), self.config.test_size, self.config.max_train
-        )
-
-    def __repr__(self) -> str:
-        return f"CountdownTask({self.config}, seed={self.seed}, train={len(self.train)}, test={len(self.test)})"
-
-    def prompt(self, example: Example) -> str:
-        return example.prompt
+    config_class = CountdownConfig
+    generate = staticmethod(generate_countdown)
 
     def verify(self, completion: str, example: Example) -> Verdict:
         return verify_countdown(completion, example)

@@ -252,7 +252,14 @@ def run_entrolab(
 
 
 def matmul_floor(model, r) -> float:
-    """Seconds of just the dense matrix multiplies a step over rollout ``r`` cannot avoid, timed here.
+    """Seconds of just the dense matrix multiplies a step over rollout ``r`` cannot avoid, timed here (the sum of
+    ``matmul_floor_parts``)."""
+    return sum(matmul_floor_parts(model, r).values())
+
+
+def matmul_floor_parts(model, r) -> dict[str, float]:
+    """Seconds of just the dense matrix multiplies a step over rollout ``r`` cannot avoid, timed here, by part:
+    ``decode`` (sampling), ``forward`` and ``backward`` (the update).
 
     Sampling: one decode step per generated token position over the rows still generating (each row's
     prompt once per distinct prompt, prefill included), forward only. Update: forward + backward over every
@@ -290,10 +297,14 @@ def matmul_floor(model, r) -> float:
         chain(torch.ones(prompt_tokens, d))
         for n in rows_per_step:
             chain(torch.ones(n, d))
+    t1 = time.perf_counter()
     x = torch.ones(trained, d, requires_grad=True)
-    chain(x).backward()
+    out = chain(x)
+    t2 = time.perf_counter()
+    out.backward()
+    t3 = time.perf_counter()
     model.zero_grad(set_to_none=True)
-    return time.perf_counter() - t0
+    return {"decode": t1 - t0, "forward": t2 - t1, "backward": t3 - t2}
 
 
 def child(side: str, model_dir: str, steps: int, warmup: int, threads: int) -> dict:

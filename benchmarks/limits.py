@@ -325,9 +325,9 @@ def write_md(res: dict) -> None:
     lines = [
         "# What this machine allows on the vs_trl workload",
         "",
-        f"Written by `.venv-ref/bin/python benchmarks/limits.py` ({res['meta']['machine']}, {res['meta']['cpus']} CPUs, torch "
-        f"{res['meta']['torch']}). Workload: `benchmarks/vs_trl.py`'s (fresh tiny1m, 8 prompts x 8, <= 32 new "
-        "tokens, fp32).",
+        f"Written by `.venv-ref/bin/python benchmarks/limits.py` ({res['meta']['machine']}, "
+        f"{res['meta']['cpus']} CPUs, torch {res['meta']['torch']}). Workload: `benchmarks/vs_trl.py`'s (fresh "
+        "tiny1m, 8 prompts x 8, <= 32 new tokens, fp32).",
         "",
         "## 1. GEMM speed, GFLOP/s (`F.linear` [rows, in] x [in, out])",
         "",

@@ -497,6 +497,8 @@ def write_md(meta: dict, summary: dict, reps: list[dict]) -> None:
         "timed in the same process: decode steps over the rows still generating plus forward+backward over the "
         "trained tokens (see `matmul_floor`). No implementation of the same fp32 arithmetic on this machine "
         "can beat it, so the ceiling row bounds the speed-up over TRL that any trainer could show here.",
+        "A tighter bound, which also counts the decode's other work, the update's attention and the optimizer, and "
+        "times TRL in the same round: `benchmarks/results/limits.md` (`benchmarks/limits.py`).",
     ]
     if meta["profile"]:
         lines.append(f"Profile of an entrolab run (pyinstrument): `{meta['profile']}`.")

@@ -102,9 +102,9 @@ def gemm() -> dict:
 def _bare_child(rank: int, n_procs: int, threads: int, repeats: int, barrier, queue) -> None:
     torch.set_num_threads(threads)
     from entrolab.models import build_tiny_model, build_tokenizer
-    from entrolab.rollout import generate, teacher_forced
     from entrolab.tasks import make_task
 
+    vs_trl = _vs_trl()
     tok = build_tokenizer()
     model = build_tiny_model(tok, "tiny1m", seed=0)
     task = make_task("arithmetic", seed=0)
@@ -114,13 +114,9 @@ def _bare_child(rank: int, n_procs: int, threads: int, repeats: int, barrier, qu
     times = []
     for i in range(repeats + 2):  # the first two are a warm-up
         barrier.wait()
-        t0 = time.perf_counter()
-        r = generate(model, tok, share, group_size=G, max_new_tokens=MAX_NEW, generator=gen)
-        logp, _, _ = teacher_forced(model, r.prompt_ids, r.prompt_mask, r.response_ids, r.response_mask)
-        (-(logp * r.response_mask).sum() / r.response_mask.sum()).backward()
-        model.zero_grad(set_to_none=True)
+        r, gen_s, fwd_bwd_s = vs_trl.bare_parts(model, tok, share, gen)
         if i >= 2:
-            times.append((time.perf_counter() - t0, float(r.response_mask.sum())))
+            times.append((gen_s + fwd_bwd_s, float(r.response_mask.sum())))
     queue.put((rank, times))
 
 
@@ -149,7 +145,7 @@ def processes(repeats: int = 10, rounds: int = 2) -> dict:
 def decode_step():
     """Lean's eager decode step and a compiled static-shape equivalent, 64 rows.  -> (compile info, a function
     that times both: (eager ms, compiled ms) per step)."""
-    from entrolab.lean import LeanDecoder, distinct_prompts
+    from entrolab.lean import LeanDecoder, _rms, distinct_prompts
     from entrolab.models import build_tiny_model, build_tokenizer
     from entrolab.rollout import encode_prompts
     from entrolab.tasks import make_task
@@ -163,7 +159,7 @@ def decode_step():
     h, kv, d, eps, scale = lean.heads, lean.kv_heads, lean.head_dim, lean.eps, lean.scale
 
     def rms(x: torch.Tensor) -> torch.Tensor:
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+        return _rms(x, None, eps)
 
     def step(tokens, pos, slot, bias, ks, vs, emb, cos_t, sin_t, qkvw, ow, guw, dw, normw, headw):
         """One decode step over the whole preallocated cache (unfilled slots masked by ``bias``): static shapes."""
@@ -309,15 +305,11 @@ def bound(measure_decode, rounds: int = 5) -> dict:
     return {
         "rounds": per_round,
         **{
-            k: _mmm([x[k] for x in per_round])
+            k: vs_trl._mmm([x[k] for x in per_round])
             for k in ("trl_s_per_step", "lower_bound_s", "lower_bound_no_forward_s", "max_speedup")
         },
         "vs_trl_json": json.loads((OUT / "vs_trl.json").read_text())["summary"],
     }
-
-
-def _mmm(xs: list[float]) -> dict:
-    return {"min": min(xs), "median": statistics.median(xs), "max": max(xs)}
 
 
 def write_md(res: dict) -> None:

@@ -211,21 +211,9 @@ def run_entrolab(
     gen = torch.Generator().manual_seed(0)
     bare = {"generate_s": [], "fwd_bwd_s": [], "tokens": [], "matmul_floor_s": []}
     for _ in range(max(steps, 2) + 1):
-        t0 = time.perf_counter()
-        r = generate(
-            model, tok, prompts, group_size=G, max_new_tokens=MAX_NEW, temperature=1.0, generator=gen, backend=backend
-        )
-        t1 = time.perf_counter()
-        model.train()
-        logp, _, _ = teacher_forced(
-            model, r.prompt_ids, r.prompt_mask, r.response_ids, r.response_mask, 1.0, backend=backend
-        )
-        loss = -(logp * r.response_mask).sum() / r.response_mask.sum()
-        loss.backward()
-        model.zero_grad(set_to_none=True)
-        t2 = time.perf_counter()
-        bare["generate_s"].append(t1 - t0)
-        bare["fwd_bwd_s"].append(t2 - t1)
+        r, gen_s, fwd_bwd_s = bare_parts(model, tok, prompts, gen, backend)
+        bare["generate_s"].append(gen_s)
+        bare["fwd_bwd_s"].append(fwd_bwd_s)
         bare["tokens"].append(float(r.response_mask.sum()))
         bare["matmul_floor_s"].append(matmul_floor(model, r))
     result["bare"] = {k: v[1:] for k, v in bare.items()}  # the first is a warm-up
@@ -249,6 +237,26 @@ def run_entrolab(
         with open(OUT / "vs_trl_profile.txt", "a") as f:
             f.write("".join(tables))
     return result
+
+
+def bare_parts(model, tok, prompts: list[str], gen, backend: str = "auto"):
+    """One step's bare parts: ``generate`` of G samples per prompt alone, then one forward+backward over exactly
+    those tokens (``teacher_forced`` and a mean log-prob loss, no optimizer).  -> (rollout, generate seconds,
+    forward+backward seconds)"""
+    from entrolab.rollout import generate, teacher_forced
+
+    t0 = time.perf_counter()
+    r = generate(
+        model, tok, prompts, group_size=G, max_new_tokens=MAX_NEW, temperature=1.0, generator=gen, backend=backend
+    )
+    t1 = time.perf_counter()
+    model.train()
+    logp, _, _ = teacher_forced(
+        model, r.prompt_ids, r.prompt_mask, r.response_ids, r.response_mask, 1.0, backend=backend
+    )
+    (-(logp * r.response_mask).sum() / r.response_mask.sum()).backward()
+    model.zero_grad(set_to_none=True)
+    return r, t1 - t0, time.perf_counter() - t1
 
 
 def matmul_floor(model, r) -> float:

@@ -11,15 +11,15 @@ BPE class that silently drops spaces and newlines from a custom character vocabu
 from __future__ import annotations
 
 import json
-import string
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import torch
 
+from entrolab.tasks import ALPHABET
+
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
-CHARSET = string.ascii_letters + string.digits + string.punctuation + " \n"
 SizePreset = Literal["tiny1m", "tiny10m"]
 
 
@@ -44,15 +44,15 @@ class ModelLoadError(ValueError):
 
 
 def build_tokenizer():  # -> transformers.PreTrainedTokenizerFast
-    """A character-level tokenizer: one token per character of ``CHARSET``, plus pad/bos/eos/unk.
+    """A character-level tokenizer: one token per character of ``ALPHABET``, plus pad/bos/eos/unk.
 
     Encoding prepends ``<bos>``; decoding fuses characters without inserted spaces, so
-    ``decode(encode(text))`` returns ``text`` exactly for any text over ``CHARSET``.
+    ``decode(encode(text))`` returns ``text`` exactly for any text over ``ALPHABET``.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {t: i for i, t in enumerate(list(SPECIALS) + list(CHARSET))}
+    vocab = {t: i for i, t in enumerate(list(SPECIALS) + list(ALPHABET))}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")  # one token per character
     tok.decoder = decoders.Fuse()

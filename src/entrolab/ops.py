@@ -6,7 +6,14 @@ V vocabulary. Masks are float or bool ``[B, T]`` with 1 on response tokens that 
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
+
+Scope = Literal["micro_batch", "batch"]
+"""Where a method's statistics come from: the micro-batch it is given, or the whole optimisation minibatch."""
+LOG_RATIO_CLAMP = 20.0
+"""|log pi - log pi_old| (and |log pi_ref - log pi|) is clamped to this before exp, as verl does."""
 
 
 def masked_sum(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:

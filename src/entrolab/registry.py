@@ -35,6 +35,13 @@ class Entry:
     metrics: tuple[str, ...] = field(default_factory=tuple)  # the exact metric keys the function returns
     needs: tuple[str, ...] = field(default_factory=tuple)  # extra inputs the caller must supply, e.g. "ref_logp"
     stats: Callable[..., Any] | None = None  # batch-wide statistics the caller computes once per minibatch
+    # per-step controller values the caller passes as ``state={name: float}`` (set by a schedule as
+    # "method.name", kept in the checkpointed schedule state, never in the frozen config)
+    state: tuple[str, ...] = field(default_factory=tuple)
+    # schedules only: cfg -> the "method.field" keys it sets, and cfg -> the logged metric keys it reads;
+    # both are checked at start-up against the run's methods and metrics
+    sets: Callable[[Any], tuple[str, ...]] | None = None
+    reads: Callable[[Any], tuple[str, ...]] | None = None
 
     def make_config(self, overrides: dict[str, Any] | None = None) -> Any:
         """The method's frozen config with ``overrides`` applied; unknown keys raise, naming the allowed ones."""
@@ -69,9 +76,14 @@ def register(
     metrics: tuple[str, ...] = (),
     needs: tuple[str, ...] = (),
     stats: Callable[..., Any] | None = None,
+    state: tuple[str, ...] = (),
+    sets: Callable[[Any], tuple[str, ...]] | None = None,
+    reads: Callable[[Any], tuple[str, ...]] | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator: register ``fn`` under ``axis``/``name``. The summary defaults to the docstring's first line."""
     _check_axis(axis)
+    if axis == "schedule" and (sets is None or reads is None):
+        raise TypeError(f"schedule {name!r} must declare sets=cfg -> keys and reads=cfg -> metric keys")
     if config is not None and not (is_dataclass(config) and config.__dataclass_params__.frozen):  # type: ignore[attr-defined]
         raise TypeError(f"config of {axis} {name!r} must be a frozen dataclass, got {config!r}")
 
@@ -90,6 +102,9 @@ def register(
             metrics=tuple(metrics),
             needs=tuple(needs),
             stats=stats,
+            state=tuple(state),
+            sets=sets,
+            reads=reads,
         )
         return fn
 

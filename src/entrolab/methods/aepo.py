@@ -15,7 +15,6 @@ from typing import Literal
 import torch
 
 from entrolab import ops
-from entrolab.methods.policy_loss import LOG_RATIO_CLAMP
 from entrolab.registry import register
 
 
@@ -88,7 +87,7 @@ def aepo(
         ([-1.2, 0.8], [-1.2, 0.0])
     """
     keep = mask.bool()
-    log_ratio = torch.where(keep, logp - old_logp, 0.0).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)  # [B, T]
+    log_ratio = torch.where(keep, logp - old_logp, 0.0).clamp(-ops.LOG_RATIO_CLAMP, ops.LOG_RATIO_CLAMP)  # [B, T]
     adv = torch.where(keep, advantages, 0.0)  # [B, T]
     ratio = torch.exp(log_ratio)  # [B, T]
     high = (adv > 0) & (ratio > 1.0 + cfg.eps_high)  # [B, T]

@@ -11,15 +11,12 @@ tokens given; ``scope="batch"`` (the paper) selects once per minibatch with :fun
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
 from entrolab import ops
-from entrolab.methods.policy_loss import LOG_RATIO_CLAMP
 from entrolab.registry import register
 
-Scope = Literal["micro_batch", "batch"]
 _SCOPES = ("micro_batch", "batch")
 
 
@@ -43,7 +40,7 @@ class ClipCovConfig:
     default 0.2, the authors' scripts 1.0) and already PPO-clipped tokens are not candidates."""
     eps_high: float | None = None
     """Upper clip of the verl variant; set together with eps_low."""
-    scope: Scope = "micro_batch"
+    scope: ops.Scope = "micro_batch"
     """micro_batch (verl): select per call from the current log-probs; batch (paper): once per minibatch."""
     generator: torch.Generator | None = None
     """Random source of the subset; None uses torch's global RNG (as verl's torch.randperm)."""
@@ -137,7 +134,7 @@ def clip_cov(
         ([[0.0, -1.0, -1.0, 1.0, 1.0, 0.0]], 0.3333)
     """
     keep = mask.bool()
-    log_ratio = torch.where(keep, logp - old_logp, 0.0).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)  # [B, T]
+    log_ratio = torch.where(keep, logp - old_logp, 0.0).clamp(-ops.LOG_RATIO_CLAMP, ops.LOG_RATIO_CLAMP)  # [B, T]
     adv = torch.where(keep, advantages, 0.0)  # [B, T]
     ratio = torch.exp(log_ratio)  # [B, T]
     loss = -adv * ratio  # [B, T]
@@ -230,7 +227,7 @@ class KLCovConfig:
     verl kl_cov_ratio (same unit, default 2e-4 = the 32B value); PRIME-RL's k_percent is 100x this."""
     coef: float = 1.0
     """beta on |log r| (paper and the authors' scripts 1; verl's dataclass default ppo_kl_coef = 0.1)."""
-    scope: Scope = "micro_batch"
+    scope: ops.Scope = "micro_batch"
     """micro_batch (verl): top-k per call from the current log-probs; batch (paper): once per minibatch."""
 
     def __post_init__(self) -> None:
@@ -306,7 +303,7 @@ def kl_cov(
         [-1.0052, -1.1052, -1.1052, 1.1052, 1.1052, 1.2052]
     """
     keep = mask.bool()
-    log_ratio = torch.where(keep, logp - old_logp, 0.0).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)  # [B, T]
+    log_ratio = torch.where(keep, logp - old_logp, 0.0).clamp(-ops.LOG_RATIO_CLAMP, ops.LOG_RATIO_CLAMP)  # [B, T]
     adv = torch.where(keep, advantages, 0.0)  # [B, T]
     ratio = torch.exp(log_ratio)  # [B, T]
     with torch.no_grad():

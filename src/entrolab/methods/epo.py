@@ -161,7 +161,14 @@ def epo_phase_weight(k: int, horizon: int, slow_rate: float = 2.0, fast_rate: fl
     return 0.8 * math.exp(-fast_rate * (k - half) / (horizon - half))
 
 
-@register("schedule", "epo_phase", config=EPOPhaseConfig, paper="arXiv:2509.22576")
+@register(
+    "schedule",
+    "epo_phase",
+    config=EPOPhaseConfig,
+    paper="arXiv:2509.22576",
+    sets=lambda cfg: ("epo.smooth_weight", "epo.ref_entropy"),
+    reads=lambda cfg: (cfg.observe,),
+)
 def epo_phase(
     state: dict[str, float],
     observed: dict[str, float],

@@ -20,7 +20,6 @@ from entrolab.registry import register
 
 Selection = Literal["topk", "quantile"]
 Drop = Literal["mask_out", "zero_weight"]
-Scope = Literal["micro_batch", "batch"]
 
 
 def _check(name: str, rho: float, selection: str, drop: str, scope: str) -> None:
@@ -44,7 +43,7 @@ class ForkingTokensConfig:
     """topk (the authors' code) or quantile (TRL top_entropy_quantile); they can differ by one token."""
     drop: Drop = "mask_out"
     """mask_out (the authors' code: denominator = kept tokens) or zero_weight (paper formula, TRL)."""
-    scope: Scope = "micro_batch"
+    scope: ops.Scope = "micro_batch"
     """micro_batch (both references): threshold over the tokens given; batch: from ``stats``, per minibatch."""
 
     def __post_init__(self) -> None:
@@ -61,7 +60,7 @@ class LowEntropyTokensConfig:
     """How the top 1 - rho are found (see ``ForkingTokensConfig.selection``); those are dropped."""
     drop: Drop = "mask_out"
     """mask_out or zero_weight, as for ``forking_tokens``."""
-    scope: Scope = "micro_batch"
+    scope: ops.Scope = "micro_batch"
     """micro_batch or batch, as for ``forking_tokens``."""
 
     def __post_init__(self) -> None:

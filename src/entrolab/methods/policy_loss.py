@@ -14,7 +14,6 @@ import torch
 from entrolab import ops
 from entrolab.registry import register
 
-LOG_RATIO_CLAMP = 20.0
 """log(pi / pi_old) is clamped to [-20, 20] before exp, as verl does; out of range its gradient is 0."""
 
 
@@ -96,7 +95,7 @@ def ppo_clip(
         (0.3333, 0.3333)
     """
     keep = mask.bool()  # [B, T]
-    log_ratio = torch.where(keep, logp - old_logp, 0.0).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)  # [B, T]
+    log_ratio = torch.where(keep, logp - old_logp, 0.0).clamp(-ops.LOG_RATIO_CLAMP, ops.LOG_RATIO_CLAMP)  # [B, T]
     adv = torch.where(keep, advantages, 0.0)  # [B, T]
     ratio = torch.exp(log_ratio)  # [B, T]
     unclipped = -adv * ratio  # [B, T]

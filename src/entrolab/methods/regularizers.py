@@ -16,7 +16,6 @@ from entrolab import ops
 from entrolab.registry import register
 
 KLEstimator = Literal["k1", "k2", "k3"]
-LOG_RATIO_CLAMP = 20.0
 """log(pi_ref / pi) is clamped to [-20, 20] before exp in k3, as verl's ``low_var_kl`` does."""
 
 
@@ -96,7 +95,7 @@ def kl(
     elif cfg.estimator == "k2":
         k = 0.5 * d.square()  # [B, T]
     else:
-        neg = (-d).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)  # [B, T] log(pi_ref / pi)
+        neg = (-d).clamp(-ops.LOG_RATIO_CLAMP, ops.LOG_RATIO_CLAMP)  # [B, T] log(pi_ref / pi)
         k = torch.exp(neg) - neg - 1.0  # [B, T]
         if cfg.k3_max is not None:
             k = k.clamp(max=cfg.k3_max)  # [B, T]

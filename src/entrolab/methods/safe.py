@@ -182,7 +182,14 @@ def _phase(rewards: list[float], cfg: SafePIDConfig) -> int:
     return 3 if std < cfg.converged[0] and mean > cfg.converged[1] else 2
 
 
-@register("schedule", "safe_pid", config=SafePIDConfig, paper="github:ryyzn9/SAFE")
+@register(
+    "schedule",
+    "safe_pid",
+    config=SafePIDConfig,
+    paper="github:ryyzn9/SAFE",
+    sets=lambda cfg: ("safe.threshold", "safe.kl_prev"),
+    reads=lambda cfg: (cfg.observe_reward, cfg.observe_kl),
+)
 def safe_pid(
     state: dict[str, float],
     observed: dict[str, float],

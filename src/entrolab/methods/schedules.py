@@ -51,7 +51,14 @@ class AdaptiveEntropyConfig:
             raise ValueError(f"adaptive_entropy field must look like 'method.field', got {self.field!r}")
 
 
-@register("schedule", "adaptive_entropy", config=AdaptiveEntropyConfig, paper="arXiv:2505.22312")
+@register(
+    "schedule",
+    "adaptive_entropy",
+    config=AdaptiveEntropyConfig,
+    paper="arXiv:2505.22312",
+    sets=lambda cfg: (cfg.field,),
+    reads=lambda cfg: (cfg.observe,),
+)
 def adaptive_entropy(
     state: dict[str, float],
     observed: dict[str, float],

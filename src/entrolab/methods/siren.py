@@ -160,7 +160,14 @@ class SirenAnchorConfig:
             raise ValueError("siren_anchor observe must name a logged metric, got ''")
 
 
-@register("schedule", "siren_anchor", config=SirenAnchorConfig, paper="arXiv:2509.25133")
+@register(
+    "schedule",
+    "siren_anchor",
+    config=SirenAnchorConfig,
+    paper="arXiv:2509.25133",
+    sets=lambda cfg: ("siren.anchor",),
+    reads=lambda cfg: (cfg.observe,),
+)
 def siren_anchor(
     state: dict[str, float],
     observed: dict[str, float],

@@ -25,7 +25,9 @@ from typing import Any, Literal, Protocol, get_args
 Reason = Literal["format_error", "wrong", "right"]
 """A verdict's reason; a demonstration's kind uses the same three words."""
 REASONS: tuple[str, ...] = get_args(Reason)
-CHARSET: frozenset[str] = frozenset(string.ascii_letters + string.digits + string.punctuation + " \n")
+ALPHABET: str = string.ascii_letters + string.digits + string.punctuation + " \n"
+"""The tiny tokenizer's characters, in vocabulary order (``models.build_tokenizer``)."""
+CHARSET: frozenset[str] = frozenset(ALPHABET)
 """The only characters a prompt or a demonstration may contain."""
 ANSWER_TAG = "answer:"
 
@@ -201,6 +203,7 @@ def make_task(name: str, *, seed: int = 0, **options: Any) -> Task:
 
 
 __all__ = [
+    "ALPHABET",
     "ANSWER_TAG",
     "CHARSET",
     "FORMAT_ERROR",

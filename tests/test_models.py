@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from entrolab.models import (
-    CHARSET,
     ModelLoadError,
     build_tiny_model,
     build_tokenizer,
@@ -12,6 +11,7 @@ from entrolab.models import (
     num_parameters,
     save_policy,
 )
+from entrolab.tasks import ALPHABET as CHARSET
 
 
 def test_tokenizer_round_trip_keeps_spaces_and_newlines(tiny_dir):

@@ -308,8 +308,16 @@ def bound(measure_decode, rounds: int = 5) -> dict:
             k: vs_trl._mmm([x[k] for x in per_round])
             for k in ("trl_s_per_step", "lower_bound_s", "lower_bound_no_forward_s", "max_speedup")
         },
-        "vs_trl_json": json.loads((OUT / "vs_trl.json").read_text())["summary"],
+        "vs_trl_json": _vs_trl_summary(),
     }
+
+
+def _vs_trl_summary() -> dict | None:
+    """The summary of ``benchmarks/results/vs_trl.json`` for the comparison row, None when there is none."""
+    try:
+        return json.loads((OUT / "vs_trl.json").read_text())["summary"]
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def write_md(res: dict) -> None:
@@ -381,12 +389,17 @@ def write_md(res: dict) -> None:
         f"| lower bound on a step, s | {mmm(b['lower_bound_s'])} |",
         f"| the same without the update's forward, s | {mmm(b['lower_bound_no_forward_s'])} |",
         f"| **the most any trainer could be faster than TRL: TRL / lower bound** | **{mmm(b['max_speedup'])}** |",
-        f"| for comparison, entrolab now (`vs_trl.json`): tokens/s ratio | {mmm(v['speedup_tokens_per_s'])} |",
     ]
+    if v is not None:  # vs_trl.py's results, when there are any
+        lines.append(
+            f"| for comparison, entrolab now (`vs_trl.json`): tokens/s ratio | {mmm(v['speedup_tokens_per_s'])} |"
+        )
     (OUT / "limits.md").write_text("\n".join(lines) + "\n")
 
 
 def main() -> None:
+    if importlib.util.find_spec("trl") is None:  # part 4 runs TRL: fail now, not after parts 1-3
+        sys.exit('limits.py runs TRL: use the reference venv (pip install -e ".[reference,dev]"), e.g. .venv-ref')
     torch.set_num_threads(2)
     res = {
         "meta": {

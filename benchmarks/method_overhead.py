@@ -25,12 +25,14 @@ from pathlib import Path
 
 import torch
 
-from entrolab import registry
+from entrolab import catalogue
+from entrolab.batch import TokenBatch
 from entrolab.config import TrainConfig
+from entrolab.learner import ROLLOUT_EXTRAS, minibatch_backward, reference_logp
 from entrolab.models import build_tiny_model, build_tokenizer, load_policy, save_policy
 from entrolab.rollout import generate
 from entrolab.tasks import make_task
-from entrolab.trainer import ROLLOUT_EXTRAS, Methods, apply_filters, minibatch_loss_backward
+from entrolab.update import Counts, Methods, apply_filters
 
 OUT = Path(__file__).parent / "results"
 AXIS_FIELD = {"policy_loss": "policy_loss", "token_filter": "token_filters", "regularizer": "regularizers"}
@@ -40,7 +42,7 @@ def configs(model_dir: str) -> dict[str, TrainConfig]:
     base = dict(model=model_dir, max_new_tokens=32, prompts_per_step=16, group_size=8)
     out = {"ppo_clip": TrainConfig(**base)}
     for axis, field in AXIS_FIELD.items():
-        for name in registry.names(axis):
+        for name in catalogue.names(axis):
             if (axis, name) == ("policy_loss", "ppo_clip"):
                 continue
             value = name if axis == "policy_loss" else (name,)
@@ -54,10 +56,23 @@ def configs(model_dir: str) -> dict[str, TrainConfig]:
     return out
 
 
-def time_update(model, ref, methods: Methods, cfg: TrainConfig, rollout, adv) -> float:
+def time_update(model, ref, methods: Methods, cfg: TrainConfig, batch: TokenBatch, gen: torch.Generator) -> float:
+    """Filters + (the reference's forward, when needed) + forward/loss/backward through the composer."""
     t0 = time.perf_counter()
-    weight, mask, _ = apply_filters(methods, cfg, rollout, adv, rollout.response_mask)
-    minibatch_loss_backward(model, ref, methods, cfg, rollout, adv, mask, weight, float(cfg.max_new_tokens))
+    if "ref_logp" in methods.needs:
+        ref_logp = reference_logp(ref, batch, cfg.micro_batch_size, cfg.temperature, cfg.backend)
+        batch = batch.replace(extras={**batch.extras, "ref_logp": ref_logp})
+    part, _ = apply_filters(methods, batch, cfg.micro_batch_size, gen)
+    minibatch_backward(
+        model,
+        methods,
+        part,
+        Counts.of(part, float(cfg.max_new_tokens)),
+        micro_batch_size=cfg.micro_batch_size,
+        temperature=cfg.temperature,
+        backend=cfg.backend,
+        generator=gen,
+    )
     model.zero_grad(set_to_none=True)
     return time.perf_counter() - t0
 
@@ -87,20 +102,19 @@ def main(quick: bool) -> None:
         full_rollout, _ = rollout_with(dict(ROLLOUT_EXTRAS))
         rollout_extra_s = statistics.median(rollout_with(dict(ROLLOUT_EXTRAS))[1] for _ in range(3)) - rollout_s
         adv = torch.randn(len(base_rollout), 1, generator=torch.Generator().manual_seed(1))
+        batch = TokenBatch.from_rollout(full_rollout, 8).replace(advantages=adv)
         cfgs = configs(d)
         methods = {k: Methods(c) for k, c in cfgs.items()}
         model.train()
         times: dict[str, list[float]] = {k: [] for k in cfgs}
         for k in cfgs:  # warm-up
-            time_update(model, ref, methods[k], cfgs[k], full_rollout, adv)
+            time_update(model, ref, methods[k], cfgs[k], batch, gen)
         for _ in range(repeats):
             for k in cfgs:
                 if k == "ppo_clip":
                     continue
-                times["ppo_clip"].append(
-                    time_update(model, ref, methods["ppo_clip"], cfgs["ppo_clip"], full_rollout, adv)
-                )
-                times[k].append(time_update(model, ref, methods[k], cfgs[k], full_rollout, adv))
+                times["ppo_clip"].append(time_update(model, ref, methods["ppo_clip"], cfgs["ppo_clip"], batch, gen))
+                times[k].append(time_update(model, ref, methods[k], cfgs[k], batch, gen))
     base = statistics.median(times["ppo_clip"])
     rows = []
     for k, ts in times.items():

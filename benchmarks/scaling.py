@@ -169,7 +169,6 @@ def main() -> None:
     }
     OUT.mkdir(exist_ok=True)
     (OUT / "scaling.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    plot(rows, OUT / "scaling.png")
     lines = [
         f"# entrolab GRPO step scaling (CPU, {args.threads} threads, fp32)",
         "",
@@ -189,6 +188,7 @@ def main() -> None:
         )
     (OUT / "scaling.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    plot(rows, OUT / "scaling.png")  # after the numbers are written: a failed plot loses nothing
 
 
 if __name__ == "__main__":

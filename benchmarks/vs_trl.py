@@ -2,6 +2,7 @@
 
     .venv-ref/bin/python benchmarks/vs_trl.py            # writes benchmarks/results/vs_trl.json and .md
     .venv-ref/bin/python benchmarks/vs_trl.py --quick    # smoke run: 1 warm-up + 2 steps, 1 repeat
+    .venv-ref/bin/python benchmarks/vs_trl.py --profile  # also profile entrolab (needs pip install -e ".[bench]")
 
 Both sides run in the same venv (``.venv-ref``: trl 1.16, transformers 5.10.4, entrolab installed -e), each in
 a fresh subprocess with ``torch.set_num_threads(2)`` (``--threads``), on the same local model folder (a fresh
@@ -30,13 +31,16 @@ per token: (step seconds / step tokens) / ((generate + forward-backward seconds)
 On a shared machine use ``--threads 1``: two OpenMP threads on two busy cores can make the small matmuls of
 the tiny model 5-20x slower (barrier waits), which swamps everything else.
 
-If entrolab is under 3x TRL (or with ``--profile``), one more entrolab run is profiled with pyinstrument and the
-text report is written to ``benchmarks/results/vs_trl_profile.txt``.
+With ``--profile`` (which needs pyinstrument, ``pip install -e ".[bench]"``, checked before anything runs), one
+more entrolab run is profiled with pyinstrument, plus torch.profiler tables of the bare parts, and the text report
+is written to ``benchmarks/results/vs_trl_profile.txt``. The results files are written first, so a failed
+profile run loses nothing; they are rewritten to point at the profile once it exists.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -364,7 +368,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5, help="timed steps per run, after the warm-up")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2, help="torch threads of both sides")
-    ap.add_argument("--profile", action="store_true", help="always profile entrolab's step with pyinstrument")
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="after the results are written, profile one entrolab run with pyinstrument (needs .[bench])",
+    )
     ap.add_argument(
         "--no-hf", action="store_true", help="skip the 'before' side: entrolab with backend='hf' (the model's forward)"
     )
@@ -379,6 +387,10 @@ def main() -> None:
             res = run_entrolab(model_dir, steps, warmup, threads, profile=side == "entrolab-profile", backend=backend)
         print(json.dumps(res))
         return
+    if importlib.util.find_spec("trl") is None:
+        ap.error('needs TRL: run it in the reference venv (pip install -e ".[reference,dev]"), e.g. .venv-ref')
+    if args.profile and importlib.util.find_spec("pyinstrument") is None:  # fail now, not after the repeats
+        ap.error('--profile needs pyinstrument: pip install -e ".[bench]" (in the venv that runs this script)')
     steps, repeats, warmup = (2, 1, 1) if args.quick else (args.steps, args.repeats, 1)
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = args.model or build_model(Path(tmp) / "tiny1m")
@@ -420,36 +432,45 @@ def main() -> None:
             summary["entrolab_hf_step_over_parts_per_token"] = _mmm(
                 [r["entrolab-hf"]["step_over_parts_per_token"] for r in reps]
             )
-        profiled = args.profile or summary["speedup_tokens_per_s"]["median"] < 3.0
-        if profiled:
-            child("entrolab-profile", model_dir, steps, warmup, args.threads)
-    import torch
+        import torch
 
-    meta = {
-        "quick": args.quick,
-        "command": " ".join([".venv-ref/bin/python benchmarks/vs_trl.py", *sys.argv[1:]]),
-        "model": model_name,
-        "prompts_per_step": P,
-        "group_size": G,
-        "max_new_tokens": MAX_NEW,
-        "steps_timed": steps,
-        "warmup_steps": warmup,
-        "repeats": repeats,
-        "threads": args.threads,
-        "python": sys.executable,
-        "torch": torch.__version__,
-        "trl": reps[0]["trl"]["raw"]["trl"],
-        "transformers": reps[0]["trl"]["raw"]["transformers"],
-        "machine": platform.processor() or platform.machine(),
-        "targets": "entrolab >= 3x TRL in completion tokens/s; entrolab step <= 1.5x its bare parts",
-        "profile": "benchmarks/results/vs_trl_profile.txt" if profiled else None,
-    }
+        meta = {
+            "quick": args.quick,
+            "command": " ".join([".venv-ref/bin/python benchmarks/vs_trl.py", *sys.argv[1:]]),
+            "model": model_name,
+            "prompts_per_step": P,
+            "group_size": G,
+            "max_new_tokens": MAX_NEW,
+            "steps_timed": steps,
+            "warmup_steps": warmup,
+            "repeats": repeats,
+            "threads": args.threads,
+            "python": sys.executable,
+            "torch": torch.__version__,
+            "trl": reps[0]["trl"]["raw"]["trl"],
+            "transformers": reps[0]["trl"]["raw"]["transformers"],
+            "machine": platform.processor() or platform.machine(),
+            "targets": "entrolab >= 3x TRL in completion tokens/s; entrolab step <= 1.5x its bare parts",
+            "profile": None,
+        }
+        print(write_results(meta, summary, reps))  # before anything optional: a failed profile loses nothing
+        if args.profile:
+            try:
+                child("entrolab-profile", model_dir, steps, warmup, args.threads)
+            except RuntimeError as err:
+                sys.exit(f"results written to {OUT}/vs_trl.json and .md; the profile run failed: {err}")
+            meta["profile"] = "benchmarks/results/vs_trl_profile.txt"
+            write_results(meta, summary, reps)
+
+
+def write_results(meta: dict, summary: dict, reps: list[dict]) -> str:
+    """Write ``benchmarks/results/vs_trl.json`` and ``.md``.  -> the Markdown text"""
     OUT.mkdir(exist_ok=True)
     (OUT / "vs_trl.json").write_text(json.dumps({"meta": meta, "summary": summary, "repeats": reps}, indent=2) + "\n")
-    write_md(meta, summary, reps)
+    return write_md(meta, summary, reps)
 
 
-def write_md(meta: dict, summary: dict, reps: list[dict]) -> None:
+def write_md(meta: dict, summary: dict, reps: list[dict]) -> str:
     def f(d: dict, fmt: str = "{:.2f}") -> str:
         return " / ".join(fmt.format(d[k]) for k in ("min", "median", "max"))
 
@@ -511,7 +532,7 @@ def write_md(meta: dict, summary: dict, reps: list[dict]) -> None:
     if meta["profile"]:
         lines.append(f"Profile of an entrolab run (pyinstrument): `{meta['profile']}`.")
     (OUT / "vs_trl.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -21,22 +21,23 @@ import textwrap
 import pytest
 import torch
 
-from entrolab import ops, registry
+from entrolab import catalogue, ops, registry
+from entrolab.axes import PROTOCOLS
 from entrolab.methods.aggregation import aggregate
 
 B, G, T, MAX_LENGTH = 8, 4, 6, 8192
-ENTRIES = [entry for axis_entries in registry.entries().values() for entry in axis_entries]
+ENTRIES = [entry for axis_entries in catalogue.entries().values() for entry in axis_entries]
 
-# The call convention per axis: positional tensors, then keyword-only arguments (see entrolab.methods).
-CONVENTION = {
-    "advantage": (("rewards", "mask"), {"cfg", "group_size"}),
-    "reward_shaper": (("rewards", "mask"), {"cfg", "group_size", "lengths", "truncated", "max_length"}),
-    "token_filter": (("mask",), {"cfg", "entropy", "old_logp", "advantages", "truncated"}),
-    "policy_loss": (("logp", "old_logp", "advantages", "mask"), {"cfg", "entropy"}),
-    "regularizer": (("logp", "mask"), {"cfg", "entropy", "old_logp", "ref_logp"}),
-    "aggregation": (("loss", "mask"), {"num_tokens", "num_seqs", "norm_len"}),
-    "schedule": (("state", "observed"), {"cfg", "step", "total_steps"}),
-}
+
+def _convention(protocol: type) -> tuple[tuple[str, ...], set[str]]:
+    """(positional names, keyword-only names) of an axis protocol's ``__call__``."""
+    params = list(inspect.signature(protocol.__call__).parameters.values())[1:]  # drop self
+    positional = tuple(p.name for p in params if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return positional, {p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+# The call convention per axis, from the protocols in entrolab.axes (what the composer calls).
+CONVENTION = {axis: _convention(protocol) for axis, protocol in PROTOCOLS.items()}
 # What a schedule may observe: the previous step's logged metrics (a few of the trainer's and methods' keys).
 OBSERVED = {
     "entropy/token_mean": 0.15,
@@ -67,6 +68,7 @@ def _inputs(seed: int = 0) -> dict[str, torch.Tensor]:
         "logits": logits.clone().requires_grad_(),  # [B, T, V] current forward pass
         "old_entropy": ops.entropy_from_logits(logits),  # [B, T] rollout policy
         "vocab_baseline": ops.discriminator_baseline_from_logits(logits),  # [B, T] sum_v p_v^2 (H + log p_v)
+        "generator": torch.Generator().manual_seed(seed),  # the run's generator, for random subsets
     }
 
 
@@ -85,7 +87,9 @@ def _check_schedule(entry: registry.Entry, cfg) -> None:
             method, _, field = key.partition(".")
             targets = [e for e in ENTRIES if e.name == method and e.axis != "schedule"]
             assert targets, f"{entry.name}: {key!r} names no registered method"
-            targets[0].make_config({field: value})  # a real field, and a valid value of it
+            if field not in targets[0].state:  # a declared controller-state value, or else a config field
+                targets[0].make_config({field: value})  # a real field, and a valid value of it
+            assert key in entry.sets(cfg), f"{entry.name}: sets {key!r} without declaring it in sets="
             assert key in doc, f"{entry.name}: value key {key!r} not documented"
     assert values, f"{entry.name}: no values after two observations"
 
@@ -104,16 +108,18 @@ def test_every_registered_method_keeps_the_contract(entry: registry.Entry) -> No
     fn, mask = entry.fn, x["mask"]
     ref_logp = x["ref_logp"] if "ref_logp" in entry.needs else None
     extra = {k: x[k] for k in entry.needs if k != "ref_logp"}
+    if entry.state:
+        extra["state"] = {}
     grad_of: list[torch.Tensor] = []
     if entry.axis == "advantage":
-        adv, metrics = fn(x["rewards"], mask, cfg=cfg, group_size=G)
+        adv, metrics = fn(x["rewards"], mask, cfg=cfg, group_id=ops.contiguous_groups(B, G))
         assert adv.shape in ((B, 1), (B, T)) and torch.isfinite(adv).all()
     elif entry.axis == "reward_shaper":
         shaped, metrics = fn(
             x["rewards"],
             mask,
             cfg=cfg,
-            group_size=G,
+            group_id=ops.contiguous_groups(B, G),
             lengths=x["lengths"],
             truncated=x["truncated"],
             max_length=MAX_LENGTH,
@@ -150,8 +156,10 @@ def test_every_registered_method_keeps_the_contract(entry: registry.Entry) -> No
         assert torch.isfinite(x["loss"].grad).all() and torch.all(x["loss"].grad[mask == 0] == 0)
     _check_metrics(entry, metrics)
     if grad_of:
-        assert out.shape == (B, T) and torch.isfinite(out).all() and torch.all(out[mask == 0] == 0)
-        aggregate(out, mask, "token-mean").backward()
+        scalar = entry.axis == "regularizer" and out.dim() == 0  # a batch scalar, added once per micro-batch
+        assert scalar or (out.shape == (B, T) and torch.all(out[mask == 0] == 0))
+        assert torch.isfinite(out).all()
+        (out if scalar else aggregate(out, mask, "token-mean")).backward()
         grads = [t.grad for t in grad_of if t.grad is not None]
         assert grads, f"{entry.name}: no gradient reached logp or entropy"
         assert all(torch.isfinite(g).all() and torch.all(g[mask == 0] == 0) for g in grads)
@@ -168,8 +176,9 @@ def test_signature_follows_the_axis_convention(entry: registry.Entry) -> None:
     positional = tuple(p.name for p in params if p.kind is p.POSITIONAL_OR_KEYWORD)
     keyword = {p.name for p in params if p.kind is p.KEYWORD_ONLY}
     expected_positional, expected_keyword = CONVENTION[entry.axis]
-    stats = {"stats"} if entry.stats is not None else set()  # batch-wide statistics, see entrolab.methods
-    assert (positional, keyword) == (expected_positional, expected_keyword | set(entry.needs) | stats)
+    stats = {"stats"} if entry.stats is not None else set()  # batch-wide statistics, see entrolab.axes
+    state = {"state"} if entry.state else set()  # controller values set by a schedule
+    assert (positional, keyword) == (expected_positional, expected_keyword | set(entry.needs) | stats | state)
     args = (inspect.getdoc(entry.fn) or "").split("Args:")[1].split("Returns:")[0]
     for name in (*positional, *keyword):
         assert re.search(rf"\b{name}\b", args), f"{entry.name}: argument {name!r} not in Args"
@@ -183,12 +192,12 @@ def test_docstring_examples_run(module: str) -> None:
 
 def test_unknown_name_lists_known_ones() -> None:
     with pytest.raises(ValueError, match=r"known: dr_grpo, grpo, rloo") as err:
-        registry.get("advantage", "gpro")
+        catalogue.get("advantage", "gpro")
     assert "package.module:function" in str(err.value)
     with pytest.raises(ValueError, match="allowed"):
-        registry.get("nonsense", "grpo")
+        catalogue.get("nonsense", "grpo")
     with pytest.raises(ValueError, match=r"unknown option\(s\) \['eps_hi'\].*eps_high"):
-        registry.get("policy_loss", "ppo_clip").make_config({"eps_hi": 0.3})
+        catalogue.get("policy_loss", "ppo_clip").make_config({"eps_hi": 0.3})
 
 
 USER_MODULE = '''
@@ -204,9 +213,9 @@ class ScaleConfig:
     scale: float = 2.0
 
 
-def scaled_mean(rewards, mask, *, cfg, group_size):
-    """Rewards minus the group mean, times cfg.scale."""
-    r = rewards.view(-1, group_size)
+def scaled_mean(rewards, mask, *, cfg, group_id):
+    """Rewards minus the group mean, times cfg.scale (contiguous groups)."""
+    r = rewards.view(int(group_id.max()) + 1, -1)
     return ((r - r.mean(-1, keepdim=True)) * cfg.scale).reshape(-1, 1), {}
 
 
@@ -217,15 +226,17 @@ scaled_mean.config = ScaleConfig
 def test_user_function_loads_from_module_path(tmp_path, monkeypatch) -> None:
     (tmp_path / "my_entrolab_methods.py").write_text(textwrap.dedent(USER_MODULE))
     monkeypatch.syspath_prepend(str(tmp_path))
-    entry = registry.get("advantage", "my_entrolab_methods:scaled_mean")
+    entry = catalogue.get("advantage", "my_entrolab_methods:scaled_mean")
     assert entry.name == "my_entrolab_methods:scaled_mean" and entry.summary.startswith("Rewards minus")
     cfg = entry.make_config({"scale": 3.0})
-    adv, metrics = entry.fn(torch.tensor([1.0, 0.0]), torch.ones(2, 1), cfg=cfg, group_size=2)
+    adv, metrics = entry.fn(
+        torch.tensor([1.0, 0.0]), torch.ones(2, 1), cfg=cfg, group_id=torch.zeros(2, dtype=torch.long)
+    )
     assert adv.squeeze(-1).tolist() == [1.5, -1.5] and metrics == {}
-    with pytest.raises(ValueError, match="no callable 'missing'"):
-        registry.get("advantage", "my_entrolab_methods:missing")
+    with pytest.raises(ValueError, match="no callable or attribute 'missing'"):
+        catalogue.get("advantage", "my_entrolab_methods:missing")
     with pytest.raises(ValueError, match="cannot import module 'no_such_module_xyz'"):
-        registry.get("advantage", "no_such_module_xyz:fn")
+        catalogue.get("advantage", "no_such_module_xyz:fn")
 
 
 def test_user_module_that_registers_itself(tmp_path, monkeypatch) -> None:
@@ -235,5 +246,5 @@ def test_user_module_that_registers_itself(tmp_path, monkeypatch) -> None:
     source = source.replace("import torch\n", "import torch\n\nfrom entrolab.registry import register\n")
     (tmp_path / "my_registered_methods.py").write_text(textwrap.dedent(source))
     monkeypatch.syspath_prepend(str(tmp_path))
-    entry = registry.get("advantage", "my_registered_methods:scaled_mean")
-    assert entry.name == "scaled" and registry.get("advantage", "scaled") is entry
+    entry = catalogue.get("advantage", "my_registered_methods:scaled_mean")
+    assert entry.name == "scaled" and catalogue.get("advantage", "scaled") is entry

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from entrolab import diagnostics as dg
-from entrolab import evaluate, ops
+from entrolab import ops
 from entrolab.methods.forking import ForkingTokensConfig, forking_tokens
 
 
@@ -147,8 +147,8 @@ def test_fit_entropy_law_drops_non_finite_points_and_rejects_degenerate_input():
 # ----------------------------------------------------------------------------------------------------------
 def test_pass_at_k_helpers_are_the_shared_ones():
     assert dg.pass_at_k is ops.pass_at_k
-    assert dg.passk_from_counts is evaluate.passk_from_counts
-    assert dg.majority_at_k is evaluate.majority_at_k
+    assert dg.passk_from_counts is ops.passk_from_counts
+    assert dg.majority_at_k is ops.majority_at_k
     assert dg.pass_at_k(5, 2, 2) == pytest.approx(0.7)  # research note §19
 
 

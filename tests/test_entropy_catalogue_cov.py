@@ -1,10 +1,10 @@
-"""Numbers for the covariance / token-selection part of the entropy catalogue.
+"""Numbers for the token-selection part of the entropy catalogue.
 
-Clip-Cov and KL-Cov (arXiv:2505.22617), forking tokens (arXiv:2506.01939), the entropy discriminator's Clip_B /
-Clip_V (arXiv:2602.03392), AEPO's stop-gradient clip (arXiv:2510.14545) and SPEAR's covariance clipping
-(arXiv:2509.22601). Each worked example of the research note (``methods_entropy.md`` §0, §1f, §2f, §5f, §13f)
-is a closed-form test here; then the parent method at the degenerate setting, gradient signs and exact zeros,
-padding invariance, and micro-batch == batch once ``stats`` come from the whole minibatch.
+Forking tokens (arXiv:2506.01939), the entropy discriminator's Clip_B / Clip_V (arXiv:2602.03392) and AEPO's
+stop-gradient clip (arXiv:2510.14545); Clip-Cov / KL-Cov and SPEAR have their own files in ``tests/methods/``.
+Each worked example of the research note (``methods_entropy.md`` §0, §2f, §5f, §13f) is a closed-form test
+here; then the parent method at the degenerate setting, gradient signs and exact zeros, padding invariance,
+and micro-batch == batch once ``stats`` come from the whole minibatch.
 """
 
 from __future__ import annotations
@@ -14,18 +14,9 @@ import math
 import pytest
 import torch
 
-from entrolab import ops, registry
+from entrolab import catalogue, ops
 from entrolab.methods.aepo import AEPOConfig, AEPOEntropyAdvantageConfig, aepo, aepo_entropy_advantage
 from entrolab.methods.aggregation import aggregate
-from entrolab.methods.covariance import (
-    ClipCovConfig,
-    KLCovConfig,
-    clip_cov,
-    clip_cov_filter,
-    clip_cov_stats,
-    kl_cov,
-    kl_cov_stats,
-)
 from entrolab.methods.discriminator import DiscriminatorClipConfig, discriminator_clip, discriminator_stats
 from entrolab.methods.forking import (
     ForkingTokensConfig,
@@ -35,12 +26,6 @@ from entrolab.methods.forking import (
     low_entropy_tokens,
 )
 from entrolab.methods.policy_loss import PPOClipConfig, ppo_clip
-from entrolab.methods.spear import SpearCovClipConfig, spear_cov_clip
-
-# The note's §1f example: A = [1, 1, 1, -1, -1, -1], p = [.9, .5, .05, .9, .5, .05].
-NOTE_LOGP = torch.log(torch.tensor([[0.9, 0.5, 0.05, 0.9, 0.5, 0.05]], dtype=torch.float64))
-NOTE_ADV = torch.tensor([[1.0, 1, 1, -1, -1, -1]], dtype=torch.float64)
-NOTE_COV = [1.1594, 0.5716, -1.7310, -1.1594, -0.5716, 1.7310]
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -61,202 +46,6 @@ def _batch(seed: int, b: int = 6, t: int = 9, dtype=torch.float64):
 
 def _filter(fn, mask, cfg, entropy=None, old_logp=None, advantages=None, **kw):
     return fn(mask, cfg=cfg, entropy=entropy, old_logp=old_logp, advantages=advantages, truncated=None, **kw)
-
-
-# ------------------------------------------------------------------------------------------------ covariance
-
-
-def test_note_covariance_example_and_kl_cov_top2():
-    cov = ops.centred_product(NOTE_ADV, NOTE_LOGP, torch.ones(1, 6))
-    torch.testing.assert_close(cov[0], torch.tensor(NOTE_COV, dtype=torch.float64), atol=1e-4, rtol=0)
-    # KL-Cov with k = 2 selects {5, 0}: the top one is a *penalised rare* token (both factors negative).
-    assert ops.topk_mask(cov, torch.ones(1, 6), 2)[0].nonzero().flatten().tolist() == [0, 5]
-    loss, m = kl_cov(NOTE_LOGP, NOTE_LOGP - 0.1, NOTE_ADV, torch.ones(1, 6), cfg=KLCovConfig(ratio=2 / 6))
-    extra = loss + NOTE_ADV * math.exp(0.1)  # the beta |log r| part
-    torch.testing.assert_close(extra[0], torch.tensor([0.1, 0, 0, 0, 0, 0.1], dtype=torch.float64))
-    assert m["kl/frac_cov"].item() == pytest.approx(2 / 6)
-    assert m["cov/logp_adv"].item() == pytest.approx(0.0, abs=1e-12)  # symmetric example: Cov(A, logp) = 0
-
-
-def _thousand_tokens():
-    """10 rows of 100 valid tokens padded to 120 with garbage; r = 2 everywhere; A = +1 / -1 by row."""
-    mask = (torch.arange(120) < 100).expand(10, 120).to(torch.float64)
-    g = _gen(1)
-    old = -torch.rand(10, 120, generator=g, dtype=torch.float64) * 3
-    logp = old + math.log(2.0)
-    logp[:, 100:], old[:, 100:] = float("nan"), float("inf")
-    adv = torch.tensor([1.0, -1.0] * 5, dtype=torch.float64).unsqueeze(-1)
-    return mask, logp.requires_grad_(), old, adv
-
-
-def test_kl_cov_count_on_1000_tokens_and_no_clipping():
-    mask, logp, old, adv = _thousand_tokens()
-    loss, m = kl_cov(logp, old, adv, mask, cfg=KLCovConfig(ratio=0.002, coef=1.0))
-    extra = torch.where(mask.bool(), loss + adv * 2.0, 0.0)
-    assert int((extra.abs() > 1e-9).sum()) == 2  # exactly 2 = 0.002 * 1000 tokens carry the term
-    torch.testing.assert_close(extra[extra.abs() > 1e-9], torch.full((2,), math.log(2.0), dtype=torch.float64))
-    assert torch.all(loss[:, 100:] == 0) and torch.isfinite(loss).all()
-    assert torch.all(loss[0, :100][extra[0, :100] == 0] == -2.0)  # A = 1, r = 2: -2, no PPO clip
-    assert m["kl/abs_log_ratio"].item() == pytest.approx(math.log(2.0))
-
-
-@pytest.mark.parametrize("log_ratio", [0.1, -0.1])
-def test_kl_cov_gradient_is_beta_sign_of_log_ratio(log_ratio):
-    # Token 0 has A = 0 and the largest Cov (-0.75 times a very negative centred logp): it is the one selected.
-    logp = torch.tensor([[-6.0, -1.0, -1.2, -0.8]], dtype=torch.float64, requires_grad=True)
-    adv = torch.tensor([[0.0, 1.0, 1.0, 1.0]], dtype=torch.float64)
-    loss, _ = kl_cov(logp, logp.detach() - log_ratio, adv, torch.ones(1, 4), cfg=KLCovConfig(ratio=0.25, coef=1.0))
-    (grad,) = torch.autograd.grad(loss.sum(), logp)
-    assert grad[0, 0].item() == pytest.approx(math.copysign(1.0, log_ratio))  # d beta|l - l_old| / dl
-    torch.testing.assert_close(grad[0, 1:], -adv[0, 1:] * math.exp(log_ratio))  # plain -A r elsewhere
-
-
-@pytest.mark.parametrize("cfg", [KLCovConfig(coef=0.0), KLCovConfig(ratio=0.0)])
-def test_kl_cov_off_is_the_unclipped_surrogate_and_ppo_clip_inside_the_range(cfg):
-    mask, logp, old, adv, _ = _batch(2)
-    loss, m = kl_cov(logp, old, adv, mask, cfg=cfg)
-    plain = torch.where(mask.bool(), -adv * torch.exp(logp - old), 0.0)
-    torch.testing.assert_close(loss, plain, atol=0, rtol=0)
-    # The paper's KL-Cov never clips: its parent is ppo_clip with a range no ratio reaches.
-    ref, _ = ppo_clip(logp, old, adv, mask, cfg=PPOClipConfig(eps_low=0.999, eps_high=1e6))
-    torch.testing.assert_close(loss, ref)
-    assert m["kl/frac_cov"].item() == (0.0 if cfg.ratio == 0 else pytest.approx(1 / mask.sum().item()))
-
-
-def test_clip_cov_ratio_zero_is_ppo_clip_exactly():
-    mask, logp, old, adv, _ = _batch(3)
-    for eps in ((0.2, 0.28), (1.0, 1.0)):
-        a, ma = clip_cov(logp, old, adv, mask, cfg=ClipCovConfig(ratio=0.0, eps_low=eps[0], eps_high=eps[1]))
-        b, _ = ppo_clip(logp, old, adv, mask, cfg=PPOClipConfig(eps_low=min(eps[0], 0.999), eps_high=eps[1]))
-        if eps[0] == 1.0:  # clamp(r, 0, 2) == clamp(r, 0.001, 2) for these ratios (none below 0.001)
-            assert float(torch.exp(logp.detach() - old)[mask.bool()].min()) > 0.001
-        torch.testing.assert_close(a, b, atol=0, rtol=0)
-        ga, gb = (torch.autograd.grad(x.sum(), logp)[0] for x in (a, b))
-        torch.testing.assert_close(ga, gb, atol=0, rtol=0)
-        assert ma["clip/frac_cov"].item() == 0.0
-    paper, _ = clip_cov(logp, old, adv, mask, cfg=ClipCovConfig(ratio=0.0))
-    torch.testing.assert_close(paper, torch.where(mask.bool(), -adv * torch.exp(logp - old), 0.0))
-
-
-def test_clip_cov_selection_band_budget_zero_grad_and_denominator():
-    g = _gen(4)
-    mask = (torch.arange(50) < torch.tensor([50, 30, 45, 0, 50, 25]).unsqueeze(-1)).double()
-    old = -torch.rand(6, 50, generator=g, dtype=torch.float64) * 5
-    logp = (old + 0.4 * torch.randn(6, 50, generator=g, dtype=torch.float64)).requires_grad_()
-    adv = torch.randn(6, 1, generator=g, dtype=torch.float64) * 3
-    cfg = ClipCovConfig(ratio=0.02, cov_lb=1.0, cov_ub=5.0, eps_low=0.2, eps_high=0.2, generator=_gen(0))
-    loss, m = clip_cov(logp, old, adv, mask, cfg=cfg)
-    keep, ratio = mask.bool(), torch.exp(logp.detach() - old)
-    cov = ops.centred_product(adv, logp.detach(), mask)
-    ppo_clipped = keep & (-adv * ratio.clamp(0.8, 1.2) > -adv * ratio)
-    cand = keep & (cov > 1) & (cov < 5) & ~ppo_clipped
-    n_valid = int(mask.sum())
-    selected = keep & (loss == 0) & (torch.maximum(-adv * ratio, -adv * ratio.clamp(0.8, 1.2)) != 0)
-    assert int(selected.sum()) == min(int(0.02 * n_valid), int(cand.sum())) > 0
-    assert torch.all(cand[selected]) and not torch.any(selected & ppo_clipped)  # only band, never PPO-clipped
-    (grad,) = torch.autograd.grad(aggregate(loss, mask, "token-mean"), logp)
-    assert torch.all(grad[selected] == 0) and torch.all(grad[~keep] == 0)
-    ppo, _ = ppo_clip(logp, old, adv, mask, cfg=PPOClipConfig(eps_low=0.2, eps_high=0.2))
-    expected = ops.masked_sum(ppo, keep & ~selected) / n_valid  # the detached tokens stay in the denominator
-    torch.testing.assert_close(aggregate(loss, mask, "token-mean"), expected)
-    assert m["clip/frac_cov"].item() == pytest.approx(int(selected.sum()) / n_valid)
-    assert m["clip/frac_ppo"].item() == pytest.approx(int(ppo_clipped.sum()) / n_valid)
-
-
-def test_clip_cov_reproducible_with_generator_or_global_seed():
-    mask, logp, old, adv, _ = _batch(5, t=40)
-    mask = torch.ones_like(mask)
-    cfg = dict(ratio=0.2, cov_lb=0.0, cov_ub=1e9)
-    runs = [clip_cov(logp, old, adv, mask, cfg=ClipCovConfig(**cfg, generator=_gen(7)))[0] for _ in range(2)]
-    assert torch.equal(runs[0], runs[1])
-    torch.manual_seed(7)
-    global_rng = clip_cov(logp, old, adv, mask, cfg=ClipCovConfig(**cfg))[0]
-    assert torch.equal(global_rng, runs[0])  # a generator seeded s draws what the global RNG seeded s draws
-    other = clip_cov(logp, old, adv, mask, cfg=ClipCovConfig(**cfg, generator=_gen(8)))[0]
-    assert not torch.equal(other, runs[0])
-
-
-def test_clip_cov_gradient_sign_on_policy():
-    mask, logp, _, adv, _ = _batch(6)
-    loss, _ = clip_cov(logp, logp.detach(), adv, mask, cfg=ClipCovConfig(ratio=0.0))
-    (grad,) = torch.autograd.grad(loss.sum(), logp)
-    torch.testing.assert_close(grad, torch.where(mask.bool(), -adv.expand_as(grad), 0.0))  # r = 1: -A
-
-
-def _same_real_columns(narrow, wide, t):
-    (a, ma), (b, mb) = narrow, wide
-    assert torch.equal(a, b[:, :t]) and torch.all(b[:, t:] == 0)
-    for k in ma:
-        torch.testing.assert_close(ma[k], mb[k], rtol=1e-9, atol=1e-12)
-
-
-def test_cov_losses_padding_invariance():
-    mask, logp, old, adv, _ = _batch(8)
-    logp = logp.detach()
-    pad = torch.tensor([[float("nan"), float("inf")]], dtype=torch.float64).expand(6, 2)
-
-    def wide(x):
-        return torch.cat([x, pad], 1)
-
-    wmask = torch.cat([mask, torch.zeros(6, 2, dtype=torch.float64)], 1)
-    ccfg = dict(ratio=0.3, cov_lb=0.0, cov_ub=1e9, eps_low=0.2, eps_high=0.28)
-    _same_real_columns(
-        clip_cov(logp, old, adv, mask, cfg=ClipCovConfig(**ccfg, generator=_gen(0))),
-        clip_cov(wide(logp), wide(old), adv, wmask, cfg=ClipCovConfig(**ccfg, generator=_gen(0))),
-        9,
-    )
-    for scope in ("micro_batch", "batch"):
-        kcfg = KLCovConfig(ratio=0.1, scope=scope)
-        _same_real_columns(
-            kl_cov(logp + 0.1, old, adv, mask, cfg=kcfg), kl_cov(wide(logp + 0.1), wide(old), adv, wmask, cfg=kcfg), 9
-        )
-
-
-def _split(x, sizes):
-    return x.split(sizes) if x.shape[0] > 1 else [x] * len(sizes)
-
-
-@pytest.mark.parametrize(
-    ("fn", "stats_fn", "cfg"),
-    [
-        (clip_cov, clip_cov_stats, ClipCovConfig(ratio=0.1, cov_lb=0.0, cov_ub=1e9, scope="batch", generator=_gen(3))),
-        (kl_cov, kl_cov_stats, KLCovConfig(ratio=0.1, scope="batch")),
-    ],
-)
-def test_batch_scope_micro_batches_equal_the_whole_minibatch(fn, stats_fn, cfg):
-    mask, logp, old, adv, entropy = _batch(9)
-    logp = logp.detach() + 0.05  # off-policy: the selection still comes from the stats
-    stats = stats_fn(mask=mask, old_logp=old, advantages=adv, entropy=entropy, cfg=cfg)
-    whole, _ = fn(logp, old, adv, mask, cfg=cfg, stats=stats)
-    parts = []
-    for sl in (slice(0, 2), slice(2, 5), slice(5, 6)):
-        width = max(int(mask[sl].sum(-1).max()), 1)  # the trainer trims right padding per micro-batch
-        st = {k: v[sl, :width] for k, v in stats.items()}
-        part, _ = fn(logp[sl, :width], old[sl, :width], adv[sl], mask[sl, :width], cfg=cfg, stats=st)
-        parts.append(torch.nn.functional.pad(part, (0, 9 - width)))
-    torch.testing.assert_close(torch.cat(parts), whole, atol=0, rtol=0)
-    # scope="batch" without stats computes them from the tensors given: the same selection.
-    if isinstance(cfg, ClipCovConfig):
-        cfg = ClipCovConfig(ratio=0.1, cov_lb=0.0, cov_ub=1e9, scope="batch", generator=_gen(3))
-    alone, _ = fn(logp, old, adv, mask, cfg=cfg)
-    torch.testing.assert_close(alone, whole, atol=0, rtol=0)
-    assert 0 < int(stats["selected"].sum()) == max(int(0.1 * mask.sum().item()), 1)
-
-
-def test_clip_cov_filter_is_zero_weight_and_matches_the_stats():
-    mask, _, old, adv, _ = _batch(10)
-    cfg = ClipCovConfig(ratio=0.2, cov_lb=-1e9, cov_ub=1e9, generator=_gen(2))
-    w, m, metrics = _filter(clip_cov_filter, mask, cfg, old_logp=old, advantages=adv)
-    assert torch.equal(m, mask)  # zero-weight: the mask (and so the denominator) is unchanged
-    chosen = clip_cov_stats(
-        mask=mask,
-        old_logp=old,
-        advantages=adv,
-        entropy=None,
-        cfg=ClipCovConfig(**{**cfg.__dict__, "generator": _gen(2)}),
-    )["selected"]
-    assert torch.equal(w == 0, chosen) and int(chosen.sum()) == int(0.2 * mask.sum().item())
-    assert metrics["filter/frac_cov_detached"].item() == pytest.approx(int(chosen.sum()) / mask.sum().item())
 
 
 # ------------------------------------------------------------------------------------------------- forking
@@ -575,45 +364,20 @@ def test_aepo_masked_garbage_and_entropy_weight():
     assert torch.equal(w, torch.ones(1, 4)) and torch.equal(m, torch.ones(1, 4))  # alpha = 0: no filter
 
 
-# --------------------------------------------------------------------------------------------------- SPEAR
-
-
-def test_spear_cov_clip_budget_band_and_equals_clip_cov_filter():
-    mask, _, _, _ = _thousand_tokens()
-    g = _gen(17)
-    old = -torch.rand(10, 120, generator=g, dtype=torch.float64) * 6
-    adv = torch.randn(10, 1, generator=g, dtype=torch.float64) * 4
-    w, m, s = _filter(spear_cov_clip, mask, SpearCovClipConfig(generator=_gen(5)), old_logp=old, advantages=adv)
-    cov = ops.centred_product(adv, old, mask)
-    band = mask.bool() & (cov > 1.0) & (cov < 40.0)
-    assert int((w == 0).sum()) == 20 == int(0.02 * 1000) < int(band.sum())  # SPEAR's 2 % of 1000 tokens
-    assert torch.all(band[w == 0]) and torch.equal(m, mask)
-    assert s["filter/frac_cov_detached"].item() == pytest.approx(0.02)
-    same = ClipCovConfig(ratio=0.02, cov_lb=1.0, cov_ub=40.0, generator=_gen(5))
-    assert torch.equal(_filter(clip_cov_filter, mask, same, old_logp=old, advantages=adv)[0], w)
-    w0, _, _ = _filter(spear_cov_clip, mask, SpearCovClipConfig(ratio=0.0), old_logp=old, advantages=adv)
-    assert torch.equal(w0, torch.ones_like(w0))  # ratio 0: no filter
-
-
 # --------------------------------------------------------------------------------------------- registry/config
 
 
 def test_registered_names_axes_and_reconstructed_flag():
-    assert registry.get("policy_loss", "clip_cov").config is registry.get("token_filter", "clip_cov").config
-    assert registry.get("token_filter", "aepo_entropy_advantage").reconstructed
-    assert not registry.get("policy_loss", "aepo").reconstructed
+    assert catalogue.get("policy_loss", "clip_cov").config is catalogue.get("token_filter", "clip_cov").config
+    assert catalogue.get("token_filter", "aepo_entropy_advantage").reconstructed
+    assert not catalogue.get("policy_loss", "aepo").reconstructed
     for axis, name in [("policy_loss", "clip_cov"), ("policy_loss", "kl_cov"), ("token_filter", "forking_tokens")]:
-        assert registry.get(axis, name).stats is not None
+        assert catalogue.get(axis, name).stats is not None
 
 
 @pytest.mark.parametrize(
     ("make", "match"),
     [
-        (lambda: ClipCovConfig(ratio=1.5), r"ratio.*1\.5"),
-        (lambda: ClipCovConfig(cov_lb=5.0, cov_ub=1.0), r"cov_lb=5\.0"),
-        (lambda: ClipCovConfig(eps_low=0.2), r"together"),
-        (lambda: ClipCovConfig(scope="global"), r"'global'"),
-        (lambda: KLCovConfig(coef=-1.0), r"coef.*-1\.0"),
         (lambda: ForkingTokensConfig(rho=0.0), r"rho.*0\.0"),
         (lambda: ForkingTokensConfig(selection="median"), r"'median'"),
         (lambda: LowEntropyTokensConfig(drop="ignore"), r"'ignore'"),
@@ -621,7 +385,6 @@ def test_registered_names_axes_and_reconstructed_flag():
         (lambda: DiscriminatorClipConfig(mu=-2.5), r"mu.*-2\.5"),
         (lambda: AEPOConfig(sides="low"), r"'low'"),
         (lambda: AEPOEntropyAdvantageConfig(alpha=-0.1), r"alpha.*-0\.1"),
-        (lambda: SpearCovClipConfig(cov_lb=50.0), r"50\.0"),
     ],
 )
 def test_config_validation_names_the_bad_value(make, match):

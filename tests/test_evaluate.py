@@ -5,8 +5,7 @@ import math
 
 import pytest
 
-from entrolab.evaluate import majority_at_k, passk_from_counts
-from entrolab.ops import pass_at_k
+from entrolab.ops import majority_at_k, pass_at_k, passk_from_counts
 
 
 def brute_force_pass_at_k(n: int, c: int, k: int) -> float:

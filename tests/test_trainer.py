@@ -7,11 +7,16 @@ from dataclasses import replace
 import pytest
 import torch
 
-from entrolab import registry
+from entrolab import catalogue
+from entrolab.batch import TokenBatch
+from entrolab.checkpoint import has_checkpoint
 from entrolab.config import PRESETS, TrainConfig, base_config
-from entrolab.trainer import Methods, minibatch_loss_backward, prompts_at, train
+from entrolab.data import prompts_at
+from entrolab.learner import minibatch_backward
+from entrolab.trainer import train
+from entrolab.update import Counts, Methods
 
-AGG_MODES = registry.names("aggregation")
+AGG_MODES = catalogue.names("aggregation")
 
 
 def small_cfg(model_dir, out, base: TrainConfig | None = None, **kw) -> TrainConfig:
@@ -63,12 +68,13 @@ def test_four_accumulated_micro_batches_give_the_gradient_of_one_big_batch(tiny_
     r.logp = r.logp + 0.3 * noise * r.response_mask
     cfg = small_cfg(tiny_dir, tmp_path, aggregation=mode, regularizers=("entropy_bonus",))
     out = {}
+    batch = TokenBatch.from_rollout(r, 4).replace(advantages=adv)
     for mb in (None, 4):
         model.zero_grad(set_to_none=True)
-        c = replace(cfg, micro_batch_size=mb)
-        metrics = minibatch_loss_backward(
-            model, None, Methods(c), c, r, adv, r.response_mask, torch.ones_like(r.response_mask), norm_len=12.0
+        metrics, finite = minibatch_backward(
+            model, Methods(cfg), batch, Counts.of(batch, 12.0), micro_batch_size=mb, temperature=1.0
         )
+        assert finite
         out[mb] = (grads(model).clone(), metrics)
     full, micro = out[None][0], out[4][0]
     assert full.abs().max() > 1e-4  # a real gradient
@@ -120,7 +126,7 @@ def test_train_writes_metrics_summary_and_final_model(tiny_dir, tmp_path):
     assert set(summary) >= {"base_eval", "final_eval", "wall_time_s", "config"}
     assert json.loads((run / "summary.json").read_text())["final_eval"] == summary["final_eval"]
     assert json.loads((run / "config.json").read_text())["regularizers"] == ["kl"]
-    assert (run / "final" / "model.safetensors").is_file() and (run / "checkpoint.pt").is_file()
+    assert (run / "final" / "model.safetensors").is_file() and has_checkpoint(run)
 
 
 def test_training_changes_every_parameter(tiny_dir, tmp_path):
@@ -239,3 +245,20 @@ def test_schedule_state_survives_resume(tiny_dir, tmp_path):
     coef = [x["schedule/entropy_bonus.coef"] for x in a[1:]]
     assert coef == sorted(coef) and coef[-1] > coef[0]  # entropy below the target: the bonus grows
     assert coef == [x["schedule/entropy_bonus.coef"] for x in b[1:]]
+
+
+def test_a_policy_loss_that_needs_ref_logp_receives_them(tiny_dir, tmp_path):
+    """A policy loss registered with needs=("ref_logp",) gets the frozen reference's log-probs (it used not to)."""
+    cfg = small_cfg(
+        tiny_dir,
+        tmp_path / "run",
+        steps=2,
+        policy_loss="tests.ref_methods:ref_aware",
+        reward_fn="tests.test_trainer:digit_frac",
+        lr=1e-3,
+        warmup_steps=1,
+    )
+    train(cfg, log=lambda *a: None)
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()][1:]
+    assert rows[0]["test/ref_gap"] == pytest.approx(0.0, abs=1e-5)  # first update: the policy is the reference
+    assert rows[1]["test/ref_gap"] > 1e-4  # after one step they differ

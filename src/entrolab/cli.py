@@ -192,49 +192,41 @@ def cmd_eval(argv: list[str]) -> int:
     return 0
 
 
-def _pop_flag(argv: list[str], flag: str) -> tuple[str | None, list[str]]:
-    """Remove ``--flag VALUE`` / ``--flag=VALUE`` from argv; returns (value or None, rest)."""
-    rest, value, i = [], None, 0
-    while i < len(argv):
-        a = argv[i]
-        if a == flag:
-            if i + 1 >= len(argv):
-                raise ValueError(f"{flag} needs a value")
-            value, i = argv[i + 1], i + 2
-            continue
-        if a.startswith(flag + "="):
-            value = a.split("=", 1)[1]
-        else:
-            rest.append(a)
-        i += 1
-    return value, rest
+RESUME_FLAGS = ("steps", "progress", "threads")  # what --resume may change in the saved config
 
 
 def cmd_train(argv: list[str]) -> int:
+    from entrolab.config import TrainCommand as command
     from entrolab.config import TrainConfig, base_config
     from entrolab.trainer import train
 
-    resume, argv = _pop_flag(argv, "--resume")
-    if resume is not None:
-        path = Path(resume) / "config.json"
+    first = _tyro(command, argv, default=command(cfg=TrainConfig()), prog="entrolab train")
+    if first.resume is not None:
+        run = Path(first.resume)
+        path = run / "config.json"
         if not path.is_file():
-            raise ValueError(f"--resume {resume!r}: no config.json there (is it a run folder?)")
-        if not (Path(resume) / "checkpoint.pt").is_file():
-            raise ValueError(f"--resume {resume!r}: no checkpoint.pt there yet; start the run again instead")
+            raise ValueError(f"--resume {first.resume!r}: no config.json there (is it a run folder?)")
+        from entrolab.checkpoint import has_checkpoint
+
+        if not has_checkpoint(run):
+            raise ValueError(f"--resume {first.resume!r}: no checkpoint there yet; start it again with --overwrite")
+        if first.config is not None or first.overwrite:
+            raise ValueError("--resume takes the saved config; --config and --overwrite are not allowed with it")
         saved = TrainConfig.from_json(json.loads(path.read_text()))
-        allowed = {"--steps", "--progress", "--no-progress", "--threads"}
-        bad = [a.split("=")[0] for a in argv if a.startswith("--") and a.split("=")[0] not in allowed]
-        if bad:
-            raise ValueError(f"--resume takes the saved config; flags {bad} are not allowed (only {sorted(allowed)})")
-        cfg = _tyro(TrainConfig, argv, default=saved, prog="entrolab train --resume")
+        cfg = replace(_tyro(command, argv, default=command(cfg=saved), prog="entrolab train --resume").cfg)
+        changed = sorted(k for k, v in cfg.to_json().items() if saved.to_json()[k] != v and k not in RESUME_FLAGS)
+        if changed:
+            raise ValueError(
+                f"--resume takes the saved config; flags changing {changed} are not allowed "
+                f"(only --{', --'.join(RESUME_FLAGS)})"
+            )
         summary = train(cfg, resume=True)
     else:
-        toml_path, argv = _pop_flag(argv, "--config")
-        preset, _ = _pop_flag(list(argv), "--preset")
-        cfg = _tyro(TrainConfig, argv, default=base_config(preset, toml_path), prog="entrolab train")
-        if not cfg.model:
+        base = base_config(first.cfg.preset, first.config)
+        args = _tyro(command, argv, default=command(cfg=base), prog="entrolab train")
+        if not args.cfg.model:
             raise ValueError("--model is required: a local Hugging Face model folder (e.g. from entrolab pretrain)")
-        summary = train(cfg)
+        summary = train(replace(args.cfg), overwrite=args.overwrite)  # replace() validates
     _print_summary(summary)
     return 0
 
@@ -286,13 +278,13 @@ def cmd_demo(argv: list[str]) -> int:
 
 
 def cmd_methods(argv: list[str]) -> int:
-    from entrolab import registry
+    from entrolab import catalogue
 
     as_json = "--json" in argv
     bad = [a for a in argv if a != "--json"]
     if bad:
         raise ValueError(f"entrolab methods takes only --json, got {bad}")
-    entries = registry.entries()
+    entries = catalogue.entries()
     if as_json:
         print(
             json.dumps(
@@ -377,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     except RewardError as e:
         print(f"entrolab: reward error: {e}", file=sys.stderr)
         return 1
-    except RuntimeError as e:  # e.g. compare: some runs failed (each was reported above)
+    except RuntimeError as e:  # compare: some runs failed (each reported above); train: non-finite updates
         print(f"entrolab: {e}", file=sys.stderr)
         return 1
     except (ValueError, ModelLoadError, FileNotFoundError) as e:

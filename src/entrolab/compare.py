@@ -4,7 +4,7 @@ Layout of a comparison folder::
 
     CMP/compare.json              the grid: task, methods, seeds, steps, base model, overrides
     CMP/base_eval.json            the base model's evaluation with per-problem detail (support metrics)
-    CMP/<method>/seed<k>/         an ordinary run folder (config.json, metrics.jsonl, checkpoint.pt,
+    CMP/<method>/seed<k>/         an ordinary run folder (config.json, metrics.jsonl, checkpoint-*.pt,
                                   summary.json, eval_detail.json, final/) plus worker.log
     CMP/report.html, CMP/plots/   the report (``entrolab report CMP`` renders it again from the files)
 
@@ -25,7 +25,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from entrolab.config import PRESETS, TrainConfig, _parse_value, base_config
+from entrolab.config import TrainConfig, _parse_value, base_config
+from entrolab.presets import PRESETS
 
 
 @dataclass(frozen=True)
@@ -102,9 +103,11 @@ def plan(args: CompareArgs) -> list[TrainConfig]:
 
 def run_status(run: Path) -> str:
     """done / resumable / new"""
+    from entrolab.checkpoint import has_checkpoint
+
     if (run / "summary.json").is_file():
         return "done"
-    if (run / "checkpoint.pt").is_file() and (run / "config.json").is_file():
+    if has_checkpoint(run) and (run / "config.json").is_file():
         return "resumable"
     return "new"
 
@@ -156,16 +159,16 @@ def write_base_eval(cfg: TrainConfig, path: Path) -> None:
         return
     import torch
 
+    from entrolab.data import build_task
     from entrolab.evaluate import evaluate
     from entrolab.models import load_policy
-    from entrolab.trainer import build_task
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     model, tok = load_policy(cfg.model)
     metrics, detail = evaluate(
         model,
         tok,
-        build_task(cfg),
+        build_task(cfg.task, cfg.task_seed, cfg.task_path),
         samples=cfg.eval_samples,
         max_new_tokens=cfg.max_new_tokens,
         temperature=cfg.temperature,
@@ -259,7 +262,7 @@ def _worker(argv: list[str]) -> int:
     run, mode = Path(argv[0]), argv[1]
     source = run / ("config.json" if mode == "--resume" else "planned_config.json")
     cfg = TrainConfig.from_json(json.loads(source.read_text()))
-    train(cfg, resume=mode == "--resume")
+    train(cfg, resume=mode == "--resume", overwrite=mode != "--resume")  # a fresh start replaces a partial run
     return 0
 
 

@@ -15,15 +15,15 @@ import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, get_args
 
 from tyro.conf import arg
 
-from entrolab import registry
-from entrolab.lean import Backend
+from entrolab import catalogue
+from entrolab.kinds import Backend, LRSchedule
+from entrolab.presets import PRESETS
+from entrolab.rewards import OnRewardError
 
-LRSchedule = Literal["constant", "cosine", "linear"]
-OnRewardError = Literal["raise", "skip"]
 _VALIDATE = contextvars.ContextVar("entrolab_validate_config", default=True)
 
 
@@ -51,7 +51,12 @@ class TrainConfig:
     reward_fn: str | None = None
     """Optional 'package.module:function' (completion, example) -> float | Verdict replacing the task's verifier."""
     on_reward_error: OnRewardError = "raise"
-    """What a raising reward function does: stop the run (raise) or drop the sample and count it (skip)."""
+    """What a raising, hanging (past --reward-timeout) or dying reward does: stop the run (raise) or drop the
+    sample from the update and count it in reward/errors and reward/timeouts (skip)."""
+    reward_workers: int | None = None
+    """Worker processes that score completions (None: the number of cores)."""
+    reward_timeout: float = 60.0
+    """Seconds one sample's reward may take; past it the worker is killed and the sample reported."""
     out: str = "runs/run"
     """Run folder: config.json, metrics.jsonl, checkpoint.pt, summary.json, final/."""
     preset: str | None = None
@@ -121,6 +126,9 @@ class TrainConfig:
     """AdamW betas."""
     max_grad_norm: float = 1.0
     """Gradient clipping norm (<= 0 disables)."""
+    max_nonfinite_steps: int = 3
+    """A non-finite loss or gradient norm skips that optimizer step; after this many consecutive skipped steps
+    the run checkpoints its last good state and stops with exit code 1."""
 
     # --- eval, logging, checkpoints --------------------------------------------------------------------------
     eval_every: int = 50
@@ -129,6 +137,9 @@ class TrainConfig:
     """Samples per test prompt for pass@k."""
     eval_prompts: int | None = None
     """Evaluate on the first N test prompts (None: all)."""
+    entropy_probe: int = 16
+    """Sequences of each step whose entropy is re-measured after the update (one no-grad pass), to log the
+    observed entropy change on the same states next to the one Cov(log pi, A) predicts (0: off)."""
     save_every: int = 25
     """Write an atomic checkpoint every N steps (and on Ctrl-C / SIGTERM)."""
     progress: bool = True
@@ -174,12 +185,22 @@ class TrainConfig:
                 f"minibatches={self.minibatches} must divide the batch of "
                 f"{self.prompts_per_step * self.group_size} sequences (prompts_per_step * group_size)"
             )
+        if self.reward_workers is not None and self.reward_workers < 1:
+            raise ValueError(f"reward_workers must be >= 1 or None (the number of cores), got {self.reward_workers}")
+        if not self.reward_timeout > 0:
+            raise ValueError(f"reward_timeout must be > 0 seconds, got {self.reward_timeout}")
+        if self.max_nonfinite_steps < 1:
+            raise ValueError(f"max_nonfinite_steps must be >= 1, got {self.max_nonfinite_steps}")
+        if self.entropy_probe < 0:
+            raise ValueError(f"entropy_probe must be >= 0, got {self.entropy_probe}")
         if self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
-        if self.lr_schedule not in ("constant", "cosine", "linear"):
-            raise ValueError(f"lr_schedule must be constant, cosine or linear, got {self.lr_schedule!r}")
-        if self.on_reward_error not in ("raise", "skip"):
-            raise ValueError(f"on_reward_error must be 'raise' or 'skip', got {self.on_reward_error!r}")
+        if self.lr_schedule not in get_args(LRSchedule):
+            raise ValueError(f"lr_schedule must be one of {list(get_args(LRSchedule))}, got {self.lr_schedule!r}")
+        if self.on_reward_error not in get_args(OnRewardError):
+            raise ValueError(
+                f"on_reward_error must be one of {list(get_args(OnRewardError))}, got {self.on_reward_error!r}"
+            )
         from entrolab.tasks import TASKS
 
         if self.task not in TASKS:
@@ -207,7 +228,7 @@ class TrainConfig:
 
     def method_options(self) -> dict[str, dict[str, Any]]:
         """The parsed ``options`` per method name; raises on an unknown method, field or bad value."""
-        chosen = {name: registry.get(axis, name) for axis, name in self.selected()}
+        chosen = {name: catalogue.get(axis, name) for axis, name in self.selected()}
         out: dict[str, dict[str, Any]] = {name: {} for name in chosen}
         for item in self.options:
             key, eq, raw = item.partition("=")
@@ -236,94 +257,25 @@ class TrainConfig:
         return cls(**fixed)
 
 
+@dataclass(frozen=True)
+class TrainCommand:
+    """RL post-training with a preset or a choice per axis (precedence: defaults < --preset < --config < flags)."""
+
+    cfg: Annotated[TrainConfig, arg(name="")]
+    resume: str | None = None
+    """Continue the run in this folder from its latest valid checkpoint (only --steps, --progress and --threads
+    may change)."""
+    config: str | None = None
+    """A run TOML: top-level keys are the flags' names with underscores; [options.METHOD] tables set options."""
+    overwrite: bool = False
+    """Replace the run already in --out (without it, a folder that holds a run is refused)."""
+
+
 def _parse_value(raw: str) -> Any:
     try:
         return ast.literal_eval(raw)
     except (ValueError, SyntaxError):
         return raw  # a bare word such as k3 or batch
-
-
-# A preset is a paper's recipe: a named choice per axis plus hyper-parameters, never a special code path.
-def _recipe(advantage: str = "grpo", policy_loss: str = "ppo_clip", aggregation: str = "token-mean", **kw: Any) -> dict:
-    """A preset sets every axis (unset ones to nothing), so presets never inherit each other's choices."""
-    axes = dict(reward_shapers=(), token_filters=(), regularizers=(), schedules=(), options=())
-    return dict(advantage=advantage, policy_loss=policy_loss, aggregation=aggregation, **{**axes, **kw})
-
-
-DAPO_CLIP = ("ppo_clip.eps_low=0.2", "ppo_clip.eps_high=0.28")
-PRESETS: dict[str, dict[str, Any]] = {
-    # DeepSeekMath (arXiv:2402.03300) eq. 3, without the KL term (beta = 0, as TRL's default)
-    "grpo": _recipe(aggregation="seq-mean-token-mean"),
-    # Understanding R1-Zero-Like Training (arXiv:2503.20783): no std, no length normalisation
-    "dr_grpo": _recipe(advantage="dr_grpo", aggregation="seq-mean-token-sum-norm"),
-    # DAPO (arXiv:2503.14476): clip-higher, token-level mean, overlong filtering
-    "dapo": _recipe(token_filters=("overlong_filter",), options=DAPO_CLIP),
-    # Back to Basics (arXiv:2402.14740): leave-one-out baseline
-    "rloo": _recipe(advantage="rloo", aggregation="seq-mean-token-mean"),
-    # --- entropy control, wave 1 -----------------------------------------------------------------------
-    # a static entropy bonus (the standard baseline of every entropy paper)
-    "entropy_bonus": _recipe(regularizers=("entropy_bonus",), options=("entropy_bonus.coef=0.001",)),
-    # Skywork-OR1 (arXiv:2505.22312): entropy bonus whose coefficient tracks a target entropy
-    "skywork_or1": _recipe(
-        regularizers=("entropy_bonus",), schedules=("adaptive_entropy",), options=("entropy_bonus.coef=0.0",)
-    ),
-    # The Entropy Mechanism (arXiv:2505.22617): Clip-Cov / KL-Cov. Both act through log pi - log pi_old, so the
-    # update is split into 4 minibatches (KL-Cov's term is exactly 0 on a purely on-policy pass).
-    "clip_cov": _recipe(
-        policy_loss="clip_cov",
-        minibatches=4,
-        options=("clip_cov.ratio=0.0002", "clip_cov.cov_lb=1.0", "clip_cov.cov_ub=5.0"),
-    ),
-    "kl_cov": _recipe(policy_loss="kl_cov", minibatches=4, options=("kl_cov.ratio=0.002", "kl_cov.coef=1.0")),
-    # Beyond the 80/20 Rule (arXiv:2506.01939): DAPO clip, gradients through the top-20 % entropy tokens only
-    "forking_tokens": _recipe(
-        token_filters=("forking_tokens",), options=(*DAPO_CLIP, "ppo_clip.dual_clip_c=10.0", "forking_tokens.rho=0.2")
-    ),
-    "low_entropy_tokens": _recipe(
-        token_filters=("low_entropy_tokens",),
-        options=(*DAPO_CLIP, "ppo_clip.dual_clip_c=10.0", "low_entropy_tokens.rho=0.8"),
-    ),
-    # On the Entropy Dynamics in RFT (arXiv:2602.03392): GRPO + discriminator clipping, Clip_B and Clip_V
-    "clip_b": _recipe(token_filters=("discriminator_clip",), options=("discriminator_clip.variant='B'",)),
-    "clip_v": _recipe(token_filters=("discriminator_clip",), options=("discriminator_clip.variant='V'",)),
-    # Rethinking Entropy Interventions (arXiv:2510.10150): STEER token reweighting
-    "steer": _recipe(policy_loss="steer"),
-    # Rethinking Entropy Regularization (arXiv:2509.25133): SIREN, self-anchored top-p peak entropy
-    "siren": _recipe(
-        advantage="dr_grpo",
-        aggregation="seq-mean-token-sum-norm",
-        regularizers=("siren",),
-        schedules=("siren_anchor",),
-        options=(
-            "ppo_clip.eps_low=0.28",
-            "ppo_clip.eps_high=0.28",
-            "siren.coef=0.005",
-            "siren.top_p=0.8",
-            "siren.quantile=0.8",
-        ),
-    ),
-    # EPO (arXiv:2509.22576): entropy bonus + smoothing corridor with phase-based weighting
-    "epo": _recipe(
-        regularizers=("epo",),
-        schedules=("epo_phase",),
-        options=("epo.coef=0.001", "epo.low_ratio=0.0", "epo.high_ratio=2.0"),
-    ),
-    # AEPO (arXiv:2510.14545): entropy-balanced clipping with stop-gradient + entropy-aware advantage weight
-    "aepo": _recipe(policy_loss="aepo", token_filters=("aepo_entropy_advantage",)),
-    # Light-IF (arXiv:2508.03178): TEA-RL entropy-weighted bonus with a k3 KL to the reference
-    "tea_rl": _recipe(regularizers=("tea_rl", "kl"), options=("kl.coef=0.001", "kl.estimator='k3'")),
-    # SAFE: entropy-gated KL with PID-controlled thresholds (code ryyzn9/SAFE)
-    "safe": _recipe(
-        regularizers=("safe", "entropy_bonus"), schedules=("safe_pid",), options=("entropy_bonus.coef=0.01",)
-    ),
-    # SPEAR (arXiv:2509.22601): Dr.BoT update with covariance-based token clipping
-    "spear": _recipe(
-        advantage="dr_grpo",
-        aggregation="seq-mean-token-sum-norm",
-        token_filters=("overlong_filter", "spear_cov_clip"),
-        options=(*DAPO_CLIP, "ppo_clip.dual_clip_c=10.0"),
-    ),
-}
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
@@ -362,4 +314,4 @@ def save_json(cfg: TrainConfig, path: Path) -> None:
     path.write_text(json.dumps(cfg.to_json(), indent=2))
 
 
-__all__ = ["PRESETS", "LRSchedule", "OnRewardError", "TrainConfig", "base_config", "load_toml", "save_json"]
+__all__ = ["PRESETS", "TrainCommand", "TrainConfig", "base_config", "load_toml", "save_json"]

@@ -16,7 +16,7 @@ Definitions and the formula each follows:
   here); ``form="vanilla"`` uses softmax PG, Δz_a = η·π(a)·A(a), hence ``ΔH ≈ −η·Cov(log π, π·A)``.
 - **Entropy–performance law** (same paper): R = −a·exp(H) + b, least squares on the basis (e^H, 1).
 - **pass@k** is the unbiased estimator of Chen et al. (2021); ``pass_at_k``, ``passk_from_counts`` and
-  ``majority_at_k`` are the ones of ``entrolab.ops`` / ``entrolab.evaluate``, re-exported.
+  ``majority_at_k`` are the ones of ``entrolab.ops``, re-exported.
 - **Support change** ("The Invisible Leash", arXiv:2507.14843) and **answer-level entropy**: see
   :func:`support_change` and :func:`answer_entropy`.
 - **Effective rank** (Roy & Vetterli; VERL, arXiv:2509.23808): exp of the Shannon entropy of the normalised
@@ -35,9 +35,7 @@ import numpy as np
 import torch
 
 from entrolab import ops
-from entrolab.evaluate import majority_at_k, passk_from_counts
-from entrolab.methods.forking import _top_threshold
-from entrolab.ops import pass_at_k
+from entrolab.ops import majority_at_k, pass_at_k, passk_from_counts
 
 # ----------------------------------------------------------------------------------------------------------
 # token entropy
@@ -78,7 +76,7 @@ def top_rho_threshold(entropy: torch.Tensor, mask: torch.Tensor, rho: float = 0.
     """
     if not 0 < rho <= 1:
         raise ValueError(f"rho must be in (0, 1], got {rho}")
-    return float(_top_threshold(entropy, mask, rho, "topk"))
+    return float(ops.top_fraction_threshold(entropy, mask, rho, "topk"))
 
 
 def token_entropy_stats(

@@ -2,41 +2,19 @@
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Sequence
-
 import torch
 
-from entrolab.lean import Backend
-from entrolab.ops import masked_mean, pass_at_k
+from entrolab.kinds import Backend
+from entrolab.ops import majority_at_k, masked_mean, passk_from_counts
 from entrolab.rewards import score_completions
 from entrolab.rollout import Rollout, generate
 from entrolab.tasks import Example, Task
-
-KS = (1, 2, 4, 8, 16)
 
 
 def decode_completions(tokenizer, rollout: Rollout) -> list[str]:
     """Completion text of every sequence: generated tokens up to (not including) EOS."""
     ids = rollout.response_ids.masked_fill(rollout.response_mask == 0, tokenizer.pad_token_id)
     return tokenizer.batch_decode(ids, skip_special_tokens=True)
-
-
-def passk_from_counts(correct: Sequence[int], n: int, ks: Sequence[int] = KS) -> dict[str, float]:
-    """Mean unbiased pass@k over problems, given each problem's number of right samples out of ``n``."""
-    return {f"pass@{k}": sum(pass_at_k(n, c, k) for c in correct) / max(len(correct), 1) for k in ks if k <= n}
-
-
-def majority_at_k(answers: Sequence[Sequence[str | None]], rights: Sequence[Sequence[bool]]) -> float:
-    """maj@n: fraction of problems whose most frequent non-None answer is a right one (ties: first seen)."""
-    hits = 0
-    for ans, ok in zip(answers, rights, strict=True):
-        votes = Counter(a for a in ans if a is not None)
-        if not votes:
-            continue
-        top = votes.most_common(1)[0][0]
-        hits += any(r for a, r in zip(ans, ok, strict=True) if a == top)
-    return hits / max(len(answers), 1)
 
 
 @torch.no_grad()

@@ -31,14 +31,9 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
-
-Backend = Literal["auto", "lean", "hf"]
-"""Which forward samples and scores: this module's (``lean``), the model's own (``hf``), or lean where it
-applies (``auto``)."""
 
 SUPPORTED_TYPES = ("llama", "qwen2", "mistral")
 UNSUPPORTED_ROPE = ("dynamic", "longrope")

@@ -24,7 +24,7 @@ def load_object(spec: str, what: str = "object") -> Any:
     obj = module
     for part in attr.split("."):
         if not hasattr(obj, part):
-            raise ValueError(f"{what} {spec!r}: module {module_name!r} has no attribute {attr!r}")
+            raise ValueError(f"{what} {spec!r}: module {module_name!r} has no callable or attribute {attr!r}")
         obj = getattr(obj, part)
     return obj
 

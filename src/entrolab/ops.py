@@ -1,11 +1,13 @@
 """Shared tensor maths, written once: masked statistics, entropy and log-probs from logits, group statistics.
 
-Shapes: B sequences, P prompts, G samples per prompt (B = P * G, groups contiguous), T response tokens,
+Shapes: B sequences, P prompts, G samples per prompt (B = P * G, groups found by ``group_id``), T response tokens,
 V vocabulary. Masks are float or bool ``[B, T]`` with 1 on response tokens that count.
 """
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -54,11 +56,41 @@ def logprobs_from_logits(logits: torch.Tensor, targets: torch.Tensor) -> torch.T
     return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
-def group_view(x: torch.Tensor, group_size: int) -> torch.Tensor:
-    """Reshape ``[B]`` into ``[P, G]``; the B sequences hold P groups of G contiguous samples."""
-    if group_size < 1 or x.shape[0] % group_size:
-        raise ValueError(f"batch of {x.shape[0]} sequences is not a whole number of groups of {group_size}")
-    return x.reshape(-1, group_size)
+class Groups:
+    """The rows of each prompt group, found by ``group_id [B]`` (any order), as a ``[P, G]`` grid.
+
+    ``grid(x)`` gathers ``x [B, ...]`` into ``[P, G, ...]`` (groups in increasing id, rows of a group in batch
+    order); ``rows(y)`` scatters ``[P, G, ...]`` back to the batch order. For contiguous groups both are the
+    identity permutation, so results are bit-identical to a plain reshape. Every group must have the same size.
+    """
+
+    def __init__(self, group_id: torch.Tensor) -> None:
+        if group_id.dim() != 1:
+            raise ValueError(f"group_id must be [B], got shape {tuple(group_id.shape)}")
+        ids, counts = torch.unique(group_id, return_counts=True)
+        if counts.numel() and bool((counts != counts[0]).any()):
+            sizes = dict(zip(ids.tolist(), counts.tolist(), strict=True))
+            raise ValueError(f"every group must have the same number of samples, got sizes {sizes}")
+        self.num_groups = int(ids.numel())
+        self.size = int(counts[0]) if counts.numel() else 0
+        self.order = torch.sort(group_id, stable=True).indices  # [B] rows grouped, batch order inside a group
+        self.inverse = torch.empty_like(self.order)
+        self.inverse[self.order] = torch.arange(self.order.numel(), device=self.order.device)  # [B]
+
+    def grid(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, ...]`` -> ``[P, G, ...]``."""
+        return x[self.order].reshape(self.num_groups, self.size, *x.shape[1:])
+
+    def rows(self, y: torch.Tensor) -> torch.Tensor:
+        """``[P, G, ...]`` -> ``[B, ...]`` in the batch's own order."""
+        return y.reshape(self.num_groups * self.size, *y.shape[2:])[self.inverse]
+
+
+def contiguous_groups(batch_size: int, group_size: int) -> torch.Tensor:
+    """``group_id [B]`` of B = P * G rows in contiguous groups of G (the order ``generate`` returns)."""
+    if group_size < 1 or batch_size % group_size:
+        raise ValueError(f"batch of {batch_size} sequences is not a whole number of groups of {group_size}")
+    return torch.arange(batch_size // group_size).repeat_interleave(group_size)
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -130,3 +162,56 @@ def random_subset_mask(candidates: torch.Tensor, n: int, generator: torch.Genera
         perm = torch.randperm(idx.numel(), generator=generator, device=generator.device if generator else idx.device)
         out[idx[perm[:n]]] = True
     return out.view(candidates.shape)
+
+
+def top_fraction_threshold(
+    entropy: torch.Tensor, mask: torch.Tensor, ratio: float, selection: Literal["topk", "quantile"] = "topk"
+) -> torch.Tensor:
+    """tau with {H >= tau} the top-``ratio`` fraction of the valid tokens; +inf when that is no token.
+
+    ``selection="topk"`` (the forking-tokens authors' verl code): the k-th largest valid value with
+    k = int(ratio * N + 0.9999); ``"quantile"`` (TRL's ``top_entropy_quantile``): ``torch.quantile(H, 1 - ratio)``,
+    linear interpolation. +inf (a 0-d tensor on ``entropy``'s device) when ratio is 0 or no token is valid.
+    entropy ``[B, T]``, mask ``[B, T]`` -> 0-d tensor, fp32 or wider.
+
+    >>> h = torch.tensor([[0.1, 0.9, 0.5], [0.7, 0.3, 9.0]]); m = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    >>> float(top_fraction_threshold(h, m, 0.4)), float(top_fraction_threshold(h, m, 0.0))
+    (0.699999988079071, inf)
+    """
+    values = upcast(entropy[mask.bool()])  # [N]
+    k = int(values.numel() * ratio + 0.9999) if selection == "topk" else int(ratio > 0)
+    if values.numel() == 0 or k == 0:
+        return torch.tensor(torch.inf, device=entropy.device)
+    if selection == "topk":
+        return values.topk(k).values[-1]
+    return torch.quantile(values, 1.0 - ratio)
+
+
+def passk_from_counts(correct: Sequence[int], n: int, ks: Sequence[int] = (1, 2, 4, 8, 16)) -> dict[str, float]:
+    """Mean unbiased pass@k over problems, given each problem's number of right samples out of ``n``.
+
+    Keys ``pass@k`` for every k in ``ks`` with k <= n; 0.0 for every k when there is no problem.
+
+    >>> passk_from_counts([0, 4, 2], n=4, ks=(1, 4, 8))
+    {'pass@1': 0.5, 'pass@4': 0.6666666666666666}
+    """
+    return {f"pass@{k}": sum(pass_at_k(n, c, k) for c in correct) / max(len(correct), 1) for k in ks if k <= n}
+
+
+def majority_at_k(answers: Sequence[Sequence[str | None]], rights: Sequence[Sequence[bool]]) -> float:
+    """maj@n: fraction of problems whose most frequent non-None answer is a right one (ties: first seen).
+
+    ``answers[p][i]`` is sample i's extracted answer to problem p (None on a format error), ``rights[p][i]``
+    whether it was right; a problem with no answer at all counts as a miss.
+
+    >>> majority_at_k([["4", "4", "5"], [None, None], ["1", "2"]], [[True, True, False], [False, False], [False, True]])
+    0.3333333333333333
+    """
+    hits = 0
+    for ans, ok in zip(answers, rights, strict=True):
+        votes = Counter(a for a in ans if a is not None)
+        if not votes:
+            continue
+        top = votes.most_common(1)[0][0]
+        hits += any(r for a, r in zip(ans, ok, strict=True) if a == top)
+    return hits / max(len(answers), 1)

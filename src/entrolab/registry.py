@@ -5,14 +5,13 @@ A method is a pure function over tensors plus its own frozen config dataclass. R
     @register("policy_loss", "ppo_clip", config=PPOClipConfig, paper="arXiv:1707.06347")
     def ppo_clip(...): ...
 
-and look it up with ``get("policy_loss", "ppo_clip")``. An unknown name raises and lists the known ones; a
-``"package.module:function"`` string loads a user's own function (its config is the one it was registered
-with, or ``getattr(fn, "config", None)``).
+This module is the mechanism only and imports nothing of entrolab; ``entrolab.catalogue`` sits above it,
+loads the built-in methods and resolves names (``catalogue.get("policy_loss", "ppo_clip")``, or a
+``"package.module:function"`` string for a user's own function).
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Literal, get_args
@@ -111,29 +110,13 @@ def register(
     return wrap
 
 
-def _load_user(axis: str, spec: str) -> Entry:
-    module_name, _, attr = spec.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ValueError(f"cannot import module {module_name!r} for {axis} {spec!r}: {e}") from e
-    # Importing may have registered it under some name: prefer that entry (it carries the config).
-    for entry in _REGISTRY[axis].values():
-        if entry.fn is getattr(module, attr, None):
-            return entry
-    fn = getattr(module, attr, None)
-    if not callable(fn):
-        raise ValueError(f"{spec!r}: module {module_name!r} has no callable {attr!r}")
-    doc = (fn.__doc__ or "").strip().splitlines()
-    return Entry(axis, spec, fn, getattr(fn, "config", None), "user", doc[0] if doc else "")
+def lookup(axis: Axis | str, name: str) -> Entry:
+    """The registered entry for ``name`` on ``axis``; an unknown name raises and lists the known ones.
 
-
-def get(axis: Axis | str, name: str) -> Entry:
-    """The entry for ``name`` on ``axis``; ``"pkg.module:fn"`` loads a user's function."""
+    Only what has been registered so far: ``entrolab.catalogue.get`` loads the built-in catalogue first and
+    also resolves ``"package.module:function"`` strings.
+    """
     _check_axis(axis)
-    _ensure_loaded()
-    if ":" in name:
-        return _load_user(axis, name)
     try:
         return _REGISTRY[axis][name]
     except KeyError:
@@ -143,19 +126,17 @@ def get(axis: Axis | str, name: str) -> Entry:
         ) from None
 
 
-def names(axis: Axis | str) -> list[str]:
-    """Registered names on ``axis``, sorted."""
+def registered(axis: Axis | str) -> dict[str, Entry]:
+    """A copy of what is registered on ``axis`` so far, by name."""
     _check_axis(axis)
-    _ensure_loaded()
-    return sorted(_REGISTRY[axis])
+    return dict(_REGISTRY[axis])
 
 
-def entries() -> dict[str, list[Entry]]:
-    """Every registered entry, per axis, sorted by name."""
-    _ensure_loaded()
-    return {axis: [_REGISTRY[axis][n] for n in sorted(_REGISTRY[axis])] for axis in AXES}
-
-
-def _ensure_loaded() -> None:
-    # The built-in catalogue registers itself on import.
-    importlib.import_module("entrolab.methods")
+def user_entry(axis: Axis | str, spec: str, fn: Callable[..., Any]) -> Entry:
+    """The entry of a user's function loaded from ``spec``: the one it registered itself under, if any."""
+    _check_axis(axis)
+    for entry in _REGISTRY[axis].values():
+        if entry.fn is fn:
+            return entry
+    doc = (fn.__doc__ or "").strip().splitlines()
+    return Entry(axis, spec, fn, getattr(fn, "config", None), "user", doc[0] if doc else "")

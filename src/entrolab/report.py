@@ -420,12 +420,18 @@ def _cov_section(cmp: Comparison, colors):
         preds = [v for rs in cmp.runs.values() for r in rs for v in metric_series(r.rows, "entropy/predicted_delta")[1]]
         scale_exp = math.floor(math.log10(max(abs(v) for v in preds))) if any(preds) else 0
         scale = 10.0**scale_exp  # the x values are drawn in units of 10^scale_exp, written in the axis label
+        same_states = False
         for method, runs in cmp.runs.items():
             pred, obs = [], []
             for run in runs:
-                h = dict(zip(*metric_series(run.rows, "entropy/token_mean"), strict=True))
                 p = dict(zip(*metric_series(run.rows, "entropy/predicted_delta"), strict=True))
-                pairs = [(p[s], h[s + 1] - h[s]) for s in p if s in h and s + 1 in h]
+                o = dict(zip(*metric_series(run.rows, "entropy/observed_delta"), strict=True))
+                if o:  # re-measured on the same sequences after the update (what the prediction is about)
+                    same_states = True
+                    pairs = [(p[s], o[s]) for s in p if s in o]
+                else:  # older runs: the next step's batch, which holds other prompts
+                    h = dict(zip(*metric_series(run.rows, "entropy/token_mean"), strict=True))
+                    pairs = [(p[s], h[s + 1] - h[s]) for s in p if s in h and s + 1 in h]
                 pred += [a for a, _ in pairs]
                 obs += [b for _, b in pairs]
             if not pred:
@@ -442,7 +448,7 @@ def _cov_section(cmp: Comparison, colors):
         ax.axvline(0, color="grey", lw=0.8)
         unit = f" (×1e{scale_exp})" if scale_exp else ""
         ax.set_xlabel(f"predicted ΔH = −η·Cov(log π, A) at step t{unit}")
-        ax.set_ylabel("observed ΔH = H(t+1) − H(t)")
+        ax.set_ylabel("observed ΔH, same sequences" if same_states else "ΔH = H(t+1) − H(t), next batch")
         ax.set_title("predicted vs observed entropy change", fontsize=10)
     else:
         notes.append("entropy change: no run logged <code>entropy/predicted_delta</code>; panel skipped.")

@@ -21,7 +21,8 @@ from typing import get_args
 
 import torch
 
-from entrolab.lean import LOGIT_MODIFIERS, SUPPORTED_TYPES, Backend, LeanDecoder, distinct_prompts
+from entrolab.kinds import Backend
+from entrolab.lean import LOGIT_MODIFIERS, SUPPORTED_TYPES, LeanDecoder, distinct_prompts
 from entrolab.logprob import chunked_logprob_entropy
 from entrolab.ops import entropy_from_logits, logprobs_from_logits, upcast
 

@@ -1,6 +1,6 @@
 """Advantage estimators from one scalar reward per sequence: GRPO, Dr.GRPO, RLOO.
 
-All three use the group of G samples drawn for the same prompt (contiguous in the batch) as the baseline and
+All three use the group of G samples drawn for the same prompt (found by ``group_id``, in any order) as the baseline and
 return one advantage per sequence, ``[B, 1]``, which the policy loss broadcasts over the response tokens.
 Advantages are constants: the rewards are detached. The response mask is part of the axis convention but
 unused here (verl multiplies the broadcast advantage by it; every consumer here masks anyway).
@@ -37,12 +37,13 @@ class GRPOConfig:
             raise ValueError(f"grpo eps must be >= 0, got {self.eps}")
 
 
-def _groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
-    """Detached float rewards as ``[P, G]``; a baseline needs at least two samples per group."""
-    if group_size < 2:
-        raise ValueError(f"a group baseline needs group_size >= 2, got group_size={group_size}")
+def _groups(rewards: torch.Tensor, group_id: torch.Tensor) -> tuple[ops.Groups, torch.Tensor]:
+    """The groups and the detached float rewards as ``[P, G]``; a baseline needs two samples per group."""
+    groups = ops.Groups(group_id)
+    if groups.size < 2:
+        raise ValueError(f"a group baseline needs >= 2 samples per group, got {groups.size}")
     r = rewards.detach()
-    return ops.group_view(r if r.is_floating_point() else r.float(), group_size)  # [P, G]
+    return groups, groups.grid(r if r.is_floating_point() else r.float())  # [P, G]
 
 
 def _metrics(adv: torch.Tensor, r: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -57,7 +58,7 @@ def _metrics(adv: torch.Tensor, r: torch.Tensor) -> dict[str, torch.Tensor]:
 
 @register("advantage", "grpo", config=GRPOConfig, paper="arXiv:2402.03300", metrics=METRICS)
 def grpo(
-    rewards: torch.Tensor, mask: torch.Tensor, *, cfg: GRPOConfig, group_size: int
+    rewards: torch.Tensor, mask: torch.Tensor, *, cfg: GRPOConfig, group_id: torch.Tensor
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Group z-score advantage: A_i = (r_i - mean_g r) / (std_g r + eps).
 
@@ -68,7 +69,7 @@ def grpo(
         rewards: ``[B]`` float, one outcome reward per sequence, groups of G contiguous.
         mask: ``[B, T]`` response mask (unused; part of the axis convention).
         cfg: :class:`GRPOConfig`.
-        group_size: G, samples per prompt, >= 2.
+        group_id: ``[B]`` int, the prompt group of each row (any order; equal group sizes >= 2).
 
     Returns:
         ``(adv [B, 1], metrics)`` with keys ``adv/mean``, ``adv/std``, ``adv/frac_zero_std_groups``.
@@ -77,28 +78,29 @@ def grpo(
         std is the *unbiased* (Bessel, G - 1) group std, as ``torch.std`` in verl
         (``compute_grpo_outcome_advantage``) and ``nanstd`` in TRL; the paper does not say which. A group
         whose rewards are all equal gets advantage exactly 0. verl gives a singleton group mean 0 and std 1
-        (A = r / (1 + eps)); here group_size < 2 raises. TRL's ``scale_rewards="batch"`` (batch std) is not
-        offered.
+        (A = r / (1 + eps)); here a group of fewer than 2 samples raises. TRL's ``scale_rewards="batch"`` (batch
+        std) is not offered.
 
     Example:
         >>> cfg = GRPOConfig()
-        >>> adv, m = grpo(torch.tensor([1.0, 0, 0, 1, 1, 1, 1, 1]), torch.ones(8, 3), cfg=cfg, group_size=4)
+        >>> adv, m = grpo(torch.tensor([1.0, 0, 0, 1, 1, 1, 1, 1]), torch.ones(8, 3), cfg=cfg,
+        ...            group_id=ops.contiguous_groups(8, 4))
         >>> [round(a, 4) for a in adv.squeeze(-1).tolist()]
         [0.866, -0.866, -0.866, 0.866, 0.0, 0.0, 0.0, 0.0]
         >>> m["adv/frac_zero_std_groups"].item()
         0.5
     """
-    r = _groups(rewards, group_size)  # [P, G]
+    groups, r = _groups(rewards, group_id)  # [P, G]
     adv = r - r.mean(-1, keepdim=True)  # [P, G]
     if cfg.norm_by_std:
         adv = adv / (r.std(-1, keepdim=True) + cfg.eps)  # [P, G]
-    adv = adv.reshape(-1, 1)  # [B, 1]
+    adv = groups.rows(adv).unsqueeze(-1)  # [B, 1]
     return adv, _metrics(adv, r)
 
 
 @register("advantage", "dr_grpo", paper="arXiv:2503.20783", metrics=METRICS)
 def dr_grpo(
-    rewards: torch.Tensor, mask: torch.Tensor, *, cfg: None, group_size: int
+    rewards: torch.Tensor, mask: torch.Tensor, *, cfg: None, group_id: torch.Tensor
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Group-mean baseline without std scaling (Dr.GRPO): A_i = r_i - mean_g r.
 
@@ -110,28 +112,29 @@ def dr_grpo(
         rewards: ``[B]`` float, one outcome reward per sequence, groups of G contiguous.
         mask: ``[B, T]`` response mask (unused; part of the axis convention).
         cfg: None (no options).
-        group_size: G, samples per prompt, >= 2.
+        group_id: ``[B]`` int, the prompt group of each row (any order; equal group sizes >= 2).
 
     Returns:
         ``(adv [B, 1], metrics)`` with keys ``adv/mean``, ``adv/std``, ``adv/frac_zero_std_groups``.
 
     Differences from the paper / released code:
         Identical to ``grpo`` with ``norm_by_std=False`` (verl ``norm_adv_by_std_in_grpo=False``, TRL
-        ``scale_rewards="none"``). group_size < 2 raises (verl would use a baseline of 0).
+        ``scale_rewards="none"``). a group of fewer than 2 samples raises (verl would use a baseline of 0).
 
     Example:
-        >>> adv, _ = dr_grpo(torch.tensor([1.0, 0, 0, 0]), torch.ones(4, 2), cfg=None, group_size=4)
+        >>> adv, _ = dr_grpo(torch.tensor([1.0, 0, 0, 0]), torch.ones(4, 2), cfg=None,
+        ...                  group_id=ops.contiguous_groups(4, 4))
         >>> adv.squeeze(-1).tolist()
         [0.75, -0.25, -0.25, -0.25]
     """
-    r = _groups(rewards, group_size)  # [P, G]
-    adv = (r - r.mean(-1, keepdim=True)).reshape(-1, 1)  # [B, 1]
+    groups, r = _groups(rewards, group_id)  # [P, G]
+    adv = groups.rows(r - r.mean(-1, keepdim=True)).unsqueeze(-1)  # [B, 1]
     return adv, _metrics(adv, r)
 
 
 @register("advantage", "rloo", paper="arXiv:2402.14740", metrics=METRICS)
 def rloo(
-    rewards: torch.Tensor, mask: torch.Tensor, *, cfg: None, group_size: int
+    rewards: torch.Tensor, mask: torch.Tensor, *, cfg: None, group_id: torch.Tensor
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Leave-one-out baseline (RLOO): A_i = r_i - 1/(G-1) * sum_{j != i} r_j.
 
@@ -143,7 +146,7 @@ def rloo(
         rewards: ``[B]`` float, one outcome reward per sequence, groups of G contiguous.
         mask: ``[B, T]`` response mask (unused; part of the axis convention).
         cfg: None (no options).
-        group_size: G, samples per prompt, >= 2.
+        group_id: ``[B]`` int, the prompt group of each row (any order; equal group sizes >= 2).
 
     Returns:
         ``(adv [B, 1], metrics)`` with keys ``adv/mean``, ``adv/std``, ``adv/frac_zero_std_groups``.
@@ -151,14 +154,15 @@ def rloo(
     Differences from the paper / released code:
         Only the advantage: the paper folds a KL penalty into the reward and uses no ratio clipping; here
         those are the ``kl`` regulariser and the policy-loss choice. verl's ``rloo`` leaves a singleton
-        group's reward unchanged and ``rloo_vectorized`` sets it to 0; here group_size < 2 raises.
+        group's reward unchanged and ``rloo_vectorized`` sets it to 0; here a group of fewer than 2 samples raises.
 
     Example:
-        >>> adv, _ = rloo(torch.tensor([1.0, 0, 0, 1]), torch.ones(4, 2), cfg=None, group_size=4)
+        >>> adv, _ = rloo(torch.tensor([1.0, 0, 0, 1]), torch.ones(4, 2), cfg=None,
+        ...                  group_id=ops.contiguous_groups(4, 4))
         >>> [round(a, 4) for a in adv.squeeze(-1).tolist()]
         [0.6667, -0.6667, -0.6667, 0.6667]
     """
-    r = _groups(rewards, group_size)  # [P, G]
-    others = (r.sum(-1, keepdim=True) - r) / (group_size - 1)  # [P, G] mean of the other G - 1 rewards
-    adv = (r - others).reshape(-1, 1)  # [B, 1]
+    groups, r = _groups(rewards, group_id)  # [P, G]
+    others = (r.sum(-1, keepdim=True) - r) / (groups.size - 1)  # [P, G] mean of the other G - 1 rewards
+    adv = groups.rows(r - others).unsqueeze(-1)  # [B, 1]
     return adv, _metrics(adv, r)

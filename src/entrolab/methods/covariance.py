@@ -6,6 +6,8 @@ Clip-Cov detaches a random r*N of those inside a band (zero weight: they stay in
 adds beta*|log r| to the top k*N. ``scope="micro_batch"`` (verl) selects from the current log-probs of the
 tokens given; ``scope="batch"`` (the paper) selects once per minibatch with :func:`clip_cov_stats` /
 :func:`kl_cov_stats` from rollout-time tensors (old_logp stands in for logp: equal on an on-policy pass).
+Clip-Cov's random subset is drawn from the run's generator, passed in (``needs=("generator",)``) to whichever
+function draws: :func:`clip_cov_stats` in batch scope, the loss / filter itself otherwise.
 """
 
 from __future__ import annotations
@@ -42,8 +44,6 @@ class ClipCovConfig:
     """Upper clip of the verl variant; set together with eps_low."""
     scope: ops.Scope = "micro_batch"
     """micro_batch (verl): select per call from the current log-probs; batch (paper): once per minibatch."""
-    generator: torch.Generator | None = None
-    """Random source of the subset; None uses torch's global RNG (as verl's torch.randperm)."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.ratio <= 1:
@@ -56,13 +56,17 @@ class ClipCovConfig:
             raise ValueError(f"clip_cov needs eps_low in [0, 1] and eps_high >= 0, got {self.eps_low}, {self.eps_high}")
         if self.scope not in _SCOPES:
             raise ValueError(f"clip_cov scope must be one of {_SCOPES}, got {self.scope!r}")
-        if self.generator is not None and not isinstance(self.generator, torch.Generator):
-            raise ValueError(f"clip_cov generator must be a torch.Generator or None, got {self.generator!r}")
 
 
-def _band_subset(cov: torch.Tensor, candidates: torch.Tensor, cfg: ClipCovConfig, n_valid: int) -> torch.Tensor:
+def _band_subset(
+    cov: torch.Tensor,
+    candidates: torch.Tensor,
+    cfg: ClipCovConfig,
+    n_valid: int,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
     in_band = candidates & (cov > cfg.cov_lb) & (cov < cfg.cov_ub)  # [B, T]
-    return ops.random_subset_mask(in_band, _budget(cfg.ratio, n_valid), cfg.generator)
+    return ops.random_subset_mask(in_band, _budget(cfg.ratio, n_valid), generator)
 
 
 def clip_cov_stats(
@@ -72,11 +76,15 @@ def clip_cov_stats(
     advantages: torch.Tensor,
     entropy: torch.Tensor | None,
     cfg: ClipCovConfig,
+    generator: torch.Generator | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Batch scope: the detached set of the whole minibatch, ``{"selected": bool [B, T]}`` (caller slices it)."""
+    """Batch scope: the detached set of the whole minibatch, ``{"selected": bool [B, T]}`` (caller slices it).
+
+    The random subset is drawn from ``generator`` (the run's, passed by the caller; None: torch's global RNG).
+    """
     keep = mask.bool()
     cov = ops.centred_product(ops.upcast(advantages), ops.upcast(old_logp), keep)  # [B, T]
-    return {"selected": _band_subset(cov, keep, cfg, int(keep.sum()))}
+    return {"selected": _band_subset(cov, keep, cfg, int(keep.sum()), generator)}
 
 
 @register(
@@ -85,6 +93,7 @@ def clip_cov_stats(
     config=ClipCovConfig,
     paper="arXiv:2505.22617",
     metrics=("clip/frac_cov", "clip/frac_ppo", "cov/logp_adv", "ratio/mean", "kl/approx_old"),
+    needs=("generator",),
     stats=clip_cov_stats,
 )
 def clip_cov(
@@ -96,6 +105,7 @@ def clip_cov(
     cfg: ClipCovConfig,
     entropy: torch.Tensor | None = None,
     stats: dict[str, torch.Tensor] | None = None,
+    generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clip-Cov: detach the gradient of a random r*N of the tokens whose covariance lies in (lb, ub).
 
@@ -111,6 +121,8 @@ def clip_cov(
         mask: ``[B, T]`` 1 on valid tokens.  cfg: :class:`ClipCovConfig`.  entropy: unused.
         stats: ``{"selected": [B, T]}`` from :func:`clip_cov_stats` (scope batch, sliced like advantages) or
             None: micro_batch selects from this call's tensors; batch computes the stats from them.
+        generator: the run's ``torch.Generator`` for the random subset, when this call draws it (no stats);
+            None uses torch's global RNG (as verl's ``torch.randperm``).
 
     Returns:
         ``(loss [B, T], metrics)``, 0 where mask is 0 and on detached tokens. Metric keys: ``clip/frac_cov``
@@ -123,13 +135,15 @@ def clip_cov(
         paper's r*N is floored at 1 as in the code (r = 0 turns it off). verl and the paper's code select
         per micro-batch (``scope="micro_batch"``, default); batch scope selects once over the minibatch from
         rollout-time tensors, where no token is PPO-clipped yet. The log-ratio is clamped to +-20 (verl: no
-        clamp here). Masked tokens never enter the means, candidates or loss.
+        clamp here). Masked tokens never enter the means, candidates or loss. The subset is drawn from the
+        generator passed in (the run's); None is torch's global RNG as verl's (seeded alike, they draw alike).
 
     Example:
         >>> logp = torch.log(torch.tensor([[0.9, 0.5, 0.05, 0.9, 0.5, 0.05]]))
         >>> adv = torch.tensor([[1.0, 1, 1, -1, -1, -1]])  # Cov = [1.16, .57, -1.73, -1.16, -.57, 1.73]
-        >>> cfg = ClipCovConfig(ratio=2 / 6, cov_lb=0.5, generator=torch.Generator().manual_seed(0))
-        >>> loss, m = clip_cov(logp, logp, adv, torch.ones(1, 6), cfg=cfg)  # 2 of candidates {0, 1, 5}
+        >>> cfg = ClipCovConfig(ratio=2 / 6, cov_lb=0.5)
+        >>> loss, m = clip_cov(logp, logp, adv, torch.ones(1, 6), cfg=cfg,
+        ...                    generator=torch.Generator().manual_seed(0))  # 2 of candidates {0, 1, 5}
         >>> loss.tolist(), round(m["clip/frac_cov"].item(), 4)
         ([[0.0, -1.0, -1.0, 1.0, 1.0, 0.0]], 0.3333)
     """
@@ -146,9 +160,11 @@ def clip_cov(
     with torch.no_grad():
         cov = ops.centred_product(adv, torch.where(keep, logp, 0.0), keep)  # [B, T]
         if stats is None and cfg.scope == "batch":
-            stats = clip_cov_stats(mask=mask, old_logp=old_logp, advantages=advantages, entropy=entropy, cfg=cfg)
+            stats = clip_cov_stats(
+                mask=mask, old_logp=old_logp, advantages=advantages, entropy=entropy, cfg=cfg, generator=generator
+            )
         if stats is None:
-            selected = _band_subset(cov, keep & ~ppo_clipped, cfg, int(keep.sum()))  # [B, T]
+            selected = _band_subset(cov, keep & ~ppo_clipped, cfg, int(keep.sum()), generator)  # [B, T]
         else:
             selected = stats["selected"].bool() & keep  # [B, T]
     loss = torch.where(selected, 0.0, loss)  # [B, T]
@@ -169,6 +185,7 @@ def clip_cov(
     config=ClipCovConfig,
     paper="arXiv:2505.22617",
     metrics=("filter/frac_cov_detached",),
+    needs=("generator",),
     stats=clip_cov_stats,
 )
 def clip_cov_filter(
@@ -180,6 +197,7 @@ def clip_cov_filter(
     advantages: torch.Tensor,
     truncated: torch.Tensor | None,
     stats: dict[str, torch.Tensor] | None = None,
+    generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """Clip-Cov's detachment on its own: weight 0 on a random r*N of the tokens with lb < Cov < ub.
 
@@ -192,6 +210,8 @@ def clip_cov_filter(
         entropy: ``[B, T]``, unused.  old_logp: ``[B, T]`` rollout log-probs (stand in for the current ones).
         advantages: ``[B, 1]`` | ``[B, T]``.  truncated: ``[B]``, unused.
         stats: ``{"selected": [B, T]}`` from :func:`clip_cov_stats`, or None to select from these tensors.
+        generator: the run's ``torch.Generator`` for the random subset when this call draws it (no stats);
+            None uses torch's global RNG.
 
     Returns:
         ``(weight [B, T], mask [B, T], metrics)``: weight 0 on detached tokens, mask unchanged. Metric key:
@@ -205,14 +225,16 @@ def clip_cov_filter(
     Example:
         >>> old_logp = torch.log(torch.tensor([[0.9, 0.5, 0.05, 0.9, 0.5, 0.05]]))
         >>> adv = torch.tensor([[1.0, 1, 1, -1, -1, -1]])  # Cov = [1.16, .57, -1.73, -1.16, -.57, 1.73]
-        >>> cfg = ClipCovConfig(ratio=2 / 6, cov_lb=0.5, generator=torch.Generator().manual_seed(0))
+        >>> cfg = ClipCovConfig(ratio=2 / 6, cov_lb=0.5)
         >>> w, m, s = clip_cov_filter(torch.ones(1, 6), cfg=cfg, entropy=None, old_logp=old_logp,
-        ...                           advantages=adv, truncated=None)
+        ...                           advantages=adv, truncated=None, generator=torch.Generator().manual_seed(0))
         >>> w.tolist(), torch.equal(m, torch.ones(1, 6))
         ([[0.0, 1.0, 1.0, 1.0, 1.0, 0.0]], True)
     """
     if stats is None:
-        stats = clip_cov_stats(mask=mask, old_logp=old_logp, advantages=advantages, entropy=entropy, cfg=cfg)
+        stats = clip_cov_stats(
+            mask=mask, old_logp=old_logp, advantages=advantages, entropy=entropy, cfg=cfg, generator=generator
+        )
     selected = stats["selected"].bool() & mask.bool()  # [B, T]
     weight = (~selected).to(torch.float32)  # [B, T]
     return weight, mask, {"filter/frac_cov_detached": ops.masked_mean(selected.to(torch.float32), mask)}

@@ -93,7 +93,8 @@ def epo(
         The code builds its penalty from constants (``torch.where(within, 0, out_range_penalty)``), so the
         smoothing term has no gradient: ``code_faithful=True`` reproduces it (the gradient is the plain bonus);
         the default is the paper's hinge. The code applies smoothing only to multi-turn samples whose turn
-        index is at least ``max_steps // 2`` (never in single-turn RLVR); here every response is eligible.
+        index is at least 25 (it reads the key ``max_step``, default 50, while the launcher sets ``max_steps``;
+        never in single-turn RLVR); here every response is eligible.
         In seq mode the code's response mean runs over padding too; here it is the masked mean.
 
     Example:
@@ -130,7 +131,8 @@ class EPOPhaseConfig:
     """Options of EPO's phase weight and entropy history."""
 
     horizon: int | None = None
-    """K, the schedule's length in steps (code ``entropy_smooth_max_epochs`` 150); None: the run's total steps."""
+    """K, the schedule's length in steps. None (the paper): the run's total steps; 150 reproduces the released
+    code, which hardcodes ``max_epochs = 150`` whatever the run's length (later ``entropy_smooth_max_epochs``)."""
     slow_rate: float = 2.0
     """Decay rate of the first half, 1 -> 0.8 (the code's ``lambda_slow``)."""
     fast_rate: float = 3.0
@@ -192,15 +194,21 @@ def epo_phase(
             ``h0`` ... ``h{window-1}``.
         observed: the previous step's logged metrics; reads ``cfg.observe``.
         cfg: :class:`EPOPhaseConfig`.
-        step: 1-based index of the step about to run.  total_steps: K when ``horizon`` is None.
+        step: 1-based index of the step about to run.  total_steps: K when ``horizon`` is None (the default).
 
     Returns:
         ``(state, values)``; values has ``epo.smooth_weight`` (beta(k), 0 before ``start_step``) and, once
         one step has been observed, ``epo.ref_entropy`` (H_ref).
 
     Differences from the paper / released code:
-        Single-turn: one history, not one per turn. H_ref averages the previous steps' rollout entropy (a
-        schedule never sees the current step). beta is continuous up to K // 2 and jumps there, as the code.
+        K is the run's total steps by default, as the paper's beta(k) over the K training epochs (the authors'
+        rebuttal notes, ``rebuttal/EXPERIMENTS.md``: "ScienceWorld runs K=125"); the released
+        ``verl/workers/actor/dp_actor.py`` ``update_policy`` calls ``_calculate_epoch_based_entropy_weight(
+        trainer_epoch, max_epochs)`` with ``max_epochs = 150`` hardcoded, which the same notes list as a known
+        issue; ``horizon=150`` reproduces it (the last of 125 steps, k = 124, then gets beta 0.113, not 0.042).
+        The code's k is the trainer epoch (one step per epoch in its scripts). Single-turn: one history, not
+        one per turn. H_ref averages the previous steps' rollout entropy (a schedule never sees the current
+        step). beta is continuous up to K // 2 and jumps there, as the code.
 
     Example:
         >>> [round(epo_phase_weight(k, 150), 4) for k in (0, 75, 76, 150)]

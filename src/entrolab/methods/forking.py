@@ -67,24 +67,13 @@ class LowEntropyTokensConfig:
         _check("low_entropy_tokens", self.rho, self.selection, self.drop, self.scope)
 
 
-def _top_threshold(entropy: torch.Tensor, mask: torch.Tensor, ratio: float, selection: str) -> torch.Tensor:
-    """tau with {H >= tau} the top-``ratio`` valid tokens; +inf when that is no token (ratio 0 or no tokens)."""
-    values = ops.upcast(entropy[mask.bool()])  # [N]
-    k = int(values.numel() * ratio + 0.9999) if selection == "topk" else int(ratio > 0)
-    if values.numel() == 0 or k == 0:
-        return torch.tensor(torch.inf, device=entropy.device)
-    if selection == "topk":
-        return values.topk(k).values[-1]
-    return torch.quantile(values, 1.0 - ratio)
-
-
 def forking_stats(
     *, mask: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, entropy: torch.Tensor, cfg
 ) -> dict[str, torch.Tensor]:
     """Batch scope: ``{"threshold": tau}``, the entropy threshold over the whole minibatch."""
     if isinstance(cfg, LowEntropyTokensConfig):
-        return {"threshold": _top_threshold(entropy, mask, 1.0 - cfg.rho, cfg.selection)}
-    tau = _top_threshold(entropy, mask, cfg.rho, cfg.selection)
+        return {"threshold": ops.top_fraction_threshold(entropy, mask, 1.0 - cfg.rho, cfg.selection)}
+    tau = ops.top_fraction_threshold(entropy, mask, cfg.rho, cfg.selection)
     if cfg.selection == "topk" and mask.bool().any():  # the authors' max(1, k): never an empty selection
         tau = torch.minimum(tau, ops.upcast(entropy[mask.bool()]).max())
     return {"threshold": tau}

@@ -2,11 +2,14 @@
 
 Two pieces: the ``safe`` regulariser (the entropy-gated penalty on the smoothed KL) and the ``safe_pid``
 schedule (the KL moving average, the reward-velocity PID and the training-phase detector that set the
-threshold). From the released code ``ryyzn9/SAFE`` (the paper text was not available).
+threshold). From the released code ``ryyzn9/SAFE`` (the paper text was not available). The threshold and
+the previous KL average are controller state (``state=("threshold", "kl_prev")``): the composer passes what
+``safe_pid`` set as ``state={"threshold": tau, "kl_prev": kl_short}``, never in the config.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -28,16 +31,12 @@ class SafeConfig:
     factor_min: float = 0.5
     """Lower bound of the entropy factor."""
     kl_decay: float = 0.9
-    """kl_short = kl_decay * kl_prev + (1 - kl_decay) * KL of this micro-batch."""
-    threshold: float = 0.45
-    """tau, set each step by ``safe_pid`` (0.45 = base 0.3 x WARMUP multiplier 1.5)."""
-    kl_prev: float = 0.0
-    """kl_short before this step, set each step by ``safe_pid``."""
+    """kl_short = kl_decay * kl_prev + (1 - kl_decay) * KL of this micro-batch (kl_prev: ``safe_pid``'s state)."""
     code_faithful: bool = False
     """True: the released trainer's penalty, computed from ``kl.item()``: a constant with no gradient."""
 
     def __post_init__(self) -> None:
-        for name in ("coef", "entropy_floor", "factor_min", "threshold"):
+        for name in ("coef", "entropy_floor", "factor_min"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"safe {name} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.kl_decay < 1:
@@ -51,6 +50,7 @@ class SafeConfig:
     paper="github:ryyzn9/SAFE",
     metrics=("kl/ref_k1_mean", "safe/kl_short", "safe/penalty", "safe/active", "safe/entropy_factor"),
     needs=("ref_logp",),
+    state=("threshold", "kl_prev"),
 )
 def safe(
     logp: torch.Tensor,
@@ -60,6 +60,7 @@ def safe(
     entropy: torch.Tensor,
     old_logp: torch.Tensor,
     ref_logp: torch.Tensor | None,
+    state: Mapping[str, float] | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """SAFE entropy-gated KL penalty: coef [kl_short - tau]_+^2 max(0.5, floor / (H_bar + 0.1)), spread over tokens.
 
@@ -73,9 +74,12 @@ def safe(
     Args:
         logp: ``[B, T]`` current log-prob of the sampled tokens (carries the gradient).
         mask: ``[B, T]`` 1 on response tokens that count.
-        cfg: :class:`SafeConfig` (``threshold`` and ``kl_prev`` come from ``safe_pid``).
+        cfg: :class:`SafeConfig`.
         entropy: ``[B, T]`` entropy of the current pass; its masked mean (detached) is H_bar.
         old_logp: unused.  ref_logp: ``[B, T]`` log-prob under the frozen reference; required.
+        state: controller values set by ``safe_pid``: ``threshold`` (tau) and ``kl_prev`` (kl_short before
+            this step). A missing key takes the controller's starting value: tau = 0.45 (``safe_pid``'s first
+            value, base 0.3 x WARMUP 1.5) and kl_prev = 0 (the code's fresh ``kl_short``).
 
     Returns:
         ``(term [B, T], metrics)``; term = penalty on valid tokens, 0 where mask is 0. Metric keys:
@@ -89,29 +93,37 @@ def safe(
         aggregation the aggregate is that scalar times the micro-batch's share). KL and H_bar are over the
         micro-batch (the code: the whole batch); H_bar is the current pass's entropy, the code's the
         rollout's. The PPO-RLHF critic, the entropy bonus (use ``entropy_bonus``, coef 0.01) and the unused
-        ``max_preview_kl`` helpers are not here.
+        ``max_preview_kl`` helpers are not here. tau and kl_prev are controller state, not options: without
+        ``safe_pid`` they stay at the controller's starting values 0.45 and 0.
 
     Example:
         >>> logp, ref = torch.full((1, 2), -1.0), torch.full((1, 2), -6.0)  # KL = 5
         >>> term, m = safe(logp, torch.ones(1, 2), cfg=SafeConfig(), entropy=torch.full((1, 2), 1.9),
-        ...                old_logp=None, ref_logp=ref)
+        ...                old_logp=None, ref_logp=ref, state={"threshold": 0.45, "kl_prev": 0.0})
         >>> round(m["safe/kl_short"].item(), 4), round(term[0, 0].item(), 6), m["safe/entropy_factor"].item()
         (0.5, 0.00025, 1.0)
+        >>> term, m = safe(logp, torch.ones(1, 2), cfg=SafeConfig(), entropy=torch.full((1, 2), 1.9),
+        ...                old_logp=None, ref_logp=ref, state={"threshold": 0.2, "kl_prev": 1.0})
+        >>> round(m["safe/kl_short"].item(), 4), round(term[0, 0].item(), 6)  # 0.9 + 0.5 - 0.2 = 1.2 above tau
+        (1.4, 0.144)
     """
     if ref_logp is None:
         raise ValueError("regularizer 'safe' needs ref_logp (log-probs under the frozen reference policy)")
+    state = state or {}
+    tau = float(state.get("threshold", _FIRST_THRESHOLD))
+    kl_prev = float(state.get("kl_prev", 0.0))
     keep = mask.bool()  # [B, T]
     kl = ops.masked_mean(torch.where(keep, logp - ref_logp, 0.0), mask)
-    kl_short = cfg.kl_decay * cfg.kl_prev + (1 - cfg.kl_decay) * (kl.detach() if cfg.code_faithful else kl)
+    kl_short = cfg.kl_decay * kl_prev + (1 - cfg.kl_decay) * (kl.detach() if cfg.code_faithful else kl)
     h_bar = ops.masked_mean(entropy.detach(), mask)
     factor = torch.clamp(cfg.entropy_floor / (h_bar + 0.1), min=cfg.factor_min)
-    penalty = cfg.coef * torch.relu(kl_short - cfg.threshold).square() * factor
+    penalty = cfg.coef * torch.relu(kl_short - tau).square() * factor
     term = torch.where(keep, penalty, 0.0)  # [B, T]
     metrics = {
         "kl/ref_k1_mean": kl.detach(),
         "safe/kl_short": kl_short.detach(),
         "safe/penalty": penalty.detach(),
-        "safe/active": (kl_short.detach() > cfg.threshold).float(),
+        "safe/active": (kl_short.detach() > tau).float(),
         "safe/entropy_factor": factor,
     }
     return term, metrics
@@ -168,6 +180,10 @@ class SafePIDConfig:
             raise ValueError(f"safe_pid multipliers must be 4 values >= 0, got {self.multipliers}")
 
 
+# tau before safe_pid has set one: its first value with its defaults (base 0.3 x WARMUP multiplier 1.5 = 0.45)
+_FIRST_THRESHOLD = SafePIDConfig().base_threshold * SafePIDConfig().multipliers[0]
+
+
 def _phase(rewards: list[float], cfg: SafePIDConfig) -> int:
     """Index into PHASES from the reward history (oldest first)."""
     w = cfg.phase_window
@@ -215,7 +231,9 @@ def safe_pid(
         step: unused.  total_steps: unused.
 
     Returns:
-        ``(state, values)``; values is ``{"safe.threshold": tau, "safe.kl_prev": kl_short}``.
+        ``(state, values)``; values is ``{"safe.threshold": tau, "safe.kl_prev": kl_short}``, both declared
+        state names of ``safe``: the composer passes them as ``state={"threshold": tau, "kl_prev": kl_short}``
+        (this schedule's ``state`` dict is what the checkpoint keeps).
 
     Differences from the paper / released code:
         A schedule sees the previous step's reward, so tau lags the code's by one step (the code updates

@@ -38,7 +38,7 @@ def overlong_penalty(
     mask: torch.Tensor,
     *,
     cfg: OverlongPenaltyConfig,
-    group_size: int,
+    group_id: torch.Tensor,
     lengths: torch.Tensor,
     truncated: torch.Tensor,
     max_length: int,
@@ -56,7 +56,7 @@ def overlong_penalty(
         rewards: ``[B]`` float rewards from the verifier.
         mask: ``[B, T]`` response mask (unused; lengths are given).
         cfg: :class:`OverlongPenaltyConfig`.
-        group_size: G (unused).
+        group_id: ``[B]`` int, the prompt group of each row (unused).
         lengths: ``[B]`` response lengths in tokens.
         truncated: ``[B]`` bool (unused: the penalty depends on length only).
         max_length: L_max, the response-length budget (>= buffer_len).
@@ -72,8 +72,8 @@ def overlong_penalty(
 
     Example:
         >>> cfg, lengths = OverlongPenaltyConfig(buffer_len=4), torch.tensor([4, 6, 8, 9])
-        >>> out, m = overlong_penalty(torch.ones(4), torch.ones(4, 1), cfg=cfg, group_size=4, lengths=lengths,
-        ...                           truncated=torch.zeros(4, dtype=torch.bool), max_length=8)
+        >>> out, m = overlong_penalty(torch.ones(4), torch.ones(4, 1), cfg=cfg, group_id=torch.zeros(4),
+        ...                           lengths=lengths, truncated=torch.zeros(4, dtype=torch.bool), max_length=8)
         >>> out.tolist()
         [1.0, 0.5, 0.0, 0.0]
     """

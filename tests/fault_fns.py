@@ -1,15 +1,11 @@
-"""User functions that fail on purpose, for the fault tests run through the real CLI."""
+"""Reward functions for tests run through the trainer and the CLI; some fail on purpose.
+
+Kept free of torch and of the trainer, so a reward worker process starts in a fraction of a second."""
 
 from __future__ import annotations
 
 import os
 import time
-
-import torch
-
-from entrolab.methods.policy_loss import PPOClipConfig, ppo_clip
-
-_CALLS = {"n": 0}
 
 
 def digits(completion: str, example) -> float:
@@ -41,16 +37,8 @@ def raise_on_ones(completion: str, example) -> float:
     return digits(completion, example)
 
 
-def nan_once(logp, old_logp, advantages, mask, *, cfg, entropy=None):
-    """PPO-clip whose loss is NaN on exactly one call (the second), then normal again."""
-    _CALLS["n"] += 1
-    loss, metrics = ppo_clip(logp, old_logp, advantages, mask, cfg=PPOClipConfig(), entropy=entropy)
-    if _CALLS["n"] == 2:
-        loss = loss * torch.tensor(float("nan"))
-    return loss, metrics
-
-
-def nan_always(logp, old_logp, advantages, mask, *, cfg, entropy=None):
-    """PPO-clip whose loss is always NaN."""
-    loss, metrics = ppo_clip(logp, old_logp, advantages, mask, cfg=PPOClipConfig(), entropy=entropy)
-    return loss * torch.tensor(float("nan")), metrics
+def raising_reward(completion: str, example) -> float:
+    """Raises on prompts that start with '1', else 0.5."""
+    if example.prompt.startswith("1"):
+        raise RuntimeError("boom")
+    return 0.5

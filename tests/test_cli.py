@@ -77,14 +77,56 @@ def test_eval_json_prints_one_object_with_the_documented_keys(tiny_dir):
         (["train", "--model", "x", "--advantage", "gae"], "unknown advantage 'gae'; known: dr_grpo, grpo, rloo"),
         (["eval", "--model", "nowhere", "--task", "arithmetic"], "model path 'nowhere' does not exist"),
         (["train", "--resume", "nowhere"], "no config.json there"),
+        (["train", "--model", "x", "--preset", "ppo"], "unknown preset 'ppo'"),
+        (["train", "--model", "x", "--config", "nowhere.toml"], "config file 'nowhere.toml' does not exist"),
+        (["train", "--model", "x", "--reward-timeout", "0"], "reward_timeout must be > 0 seconds, got 0.0"),
+        (["train", "--model", "x", "--reward-workers", "0"], "reward_workers must be >= 1 or None"),
         (["frobnicate"], "unknown command 'frobnicate'"),
     ],
 )
 def test_bad_input_is_one_clear_line_not_a_traceback(args, msg):
+    """Each refused before any work, with exit code 2 and one line naming the value."""
     proc = entrolab(*args, check=False, timeout=120)
     assert proc.returncode == 2
     assert msg in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "msg"),
+    [
+        (["--schedules", "adaptive_entropy"], "schedule 'adaptive_entropy' sets 'entropy_bonus.coef', but this run"),
+        (
+            [
+                "--regularizers",
+                "entropy_bonus",
+                "--schedules",
+                "adaptive_entropy",
+                "--options",
+                "adaptive_entropy.observe=x/y",
+            ],
+            "schedule 'adaptive_entropy' reads metric 'x/y', which this run never logs",
+        ),
+    ],
+)
+def test_a_schedule_that_cannot_work_is_refused_before_the_base_evaluation(tiny_dir, tmp_path, args, msg):
+    run = tmp_path / "run"
+    proc = entrolab("train", "--model", str(tiny_dir), "--out", str(run), "--no-progress", *args, check=False)
+    assert proc.returncode == 2 and msg in proc.stderr and "Traceback" not in proc.stderr
+    assert not (run / "metrics.jsonl").exists()  # nothing evaluated, nothing written
+
+
+def test_preset_config_and_flags_apply_in_order(tiny_dir, tmp_path):
+    """defaults < --preset < --config < flags, all typed fields of the train command."""
+    toml = tmp_path / "run.toml"
+    toml.write_text("steps = 1\nlr = 0.0005\n[options.ppo_clip]\neps_high = 0.3\n")
+    run = tmp_path / "run"
+    entrolab("train", "--model", str(tiny_dir), "--out", str(run), "--preset", "dapo", "--config", str(toml), *TRAIN,
+             "--steps", "1", "--lr", "0.0002")  # fmt: skip
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["preset"] == "dapo" and "overlong_filter" in cfg["token_filters"]  # from the preset
+    assert "ppo_clip.eps_high=0.3" in cfg["options"]  # from the file
+    assert cfg["lr"] == 0.0002 and cfg["steps"] == 1  # flags win
 
 
 TRAIN = [
@@ -110,7 +152,7 @@ TRAIN = [
     "1",
     "--no-progress",
     "--reward-fn",
-    "tests.test_trainer:digit_frac",
+    "tests.fault_fns:digits",
 ]
 VOLATILE = ("time/", "throughput/")
 

@@ -13,7 +13,7 @@ SMALL = [
     "max_new_tokens=10",
     "eval_samples=4",
     "eval_prompts=6",
-    "reward_fn='tests.test_trainer:digit_frac'",
+    "reward_fn='tests.fault_fns:digits'",
     "save_every=1",
 ]
 

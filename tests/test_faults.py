@@ -14,8 +14,7 @@ from safetensors.torch import load_file
 
 from tests.test_cli import ENV, ROOT, TRAIN, entrolab, metric_lines
 
-FAST = [a for a in TRAIN]  # 10 steps of 4 prompts x 4 samples, checkpoint every 2 steps
-FAST[FAST.index("tests.test_trainer:digit_frac")] = "tests.fault_fns:digits"
+FAST = list(TRAIN)  # 4 prompts x 4 samples, checkpoint every 2 steps, the digit-share reward
 
 
 def train(model: Path, out: Path, *extra: str, steps: int = 3, check: bool = False) -> subprocess.CompletedProcess:
@@ -66,7 +65,7 @@ def test_a_dying_reward_worker_is_reported(tiny_dir, tmp_path):
 # ------------------------------------------------------------------------------------------------ NaN loss
 def test_a_nan_loss_once_skips_exactly_one_step_and_the_run_finishes(tiny_dir, tmp_path):
     run = tmp_path / "run"
-    proc = train(tiny_dir, run, "--policy-loss", "tests.fault_fns:nan_once", steps=3)
+    proc = train(tiny_dir, run, "--policy-loss", "tests.user_methods:nan_once", steps=3)
     assert proc.returncode == 0, proc.stderr
     rows = metric_lines(run)[1:]
     assert [r["update/skipped_nonfinite"] for r in rows] == [0.0, 1.0, 0.0]
@@ -77,7 +76,7 @@ def test_a_nan_loss_once_skips_exactly_one_step_and_the_run_finishes(tiny_dir, t
 
 def test_a_nan_loss_always_stops_the_run_cleanly(tiny_dir, tmp_path):
     run = tmp_path / "run"
-    proc = train(tiny_dir, run, "--policy-loss", "tests.fault_fns:nan_always", "--max-nonfinite-steps", "2", steps=5)
+    proc = train(tiny_dir, run, "--policy-loss", "tests.user_methods:nan_always", "--max-nonfinite-steps", "2", steps=5)
     assert proc.returncode == 1
     assert "non-finite" in last_line(proc.stderr) and "Traceback" not in proc.stderr
     assert [r["step"] for r in metric_lines(run)] == [0, 1, 2]

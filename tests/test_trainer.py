@@ -134,26 +134,16 @@ def test_training_changes_every_parameter(tiny_dir, tmp_path):
 
     before = {k: v.clone() for k, v in load_policy(tiny_dir)[0].state_dict().items()}
     # a random model never answers, so reward the fraction of digits instead (varied rewards, real gradients)
-    train(small_cfg(tiny_dir, tmp_path / "run", steps=2, reward_fn="tests.test_trainer:digit_frac"), log=print)
+    train(small_cfg(tiny_dir, tmp_path / "run", steps=2, reward_fn="tests.fault_fns:digits"), log=print)
     after = load_policy(tmp_path / "run" / "final")[0].state_dict()
     unchanged = [k for k in before if torch.equal(before[k], after[k]) and "rotary" not in k]
     assert unchanged == []
 
 
-def digit_frac(completion, example):
-    return sum(c.isdigit() for c in completion) / max(len(completion), 1)
-
-
-def raising_reward(completion, example):
-    if example.prompt.startswith("1"):
-        raise RuntimeError("boom")
-    return 0.5
-
-
 def test_a_raising_reward_function_stops_the_run_with_the_example(tiny_dir, tmp_path):
     from entrolab.rewards import RewardError
 
-    cfg = small_cfg(tiny_dir, tmp_path / "run", reward_fn="tests.test_trainer:raising_reward", prompts_per_step=16)
+    cfg = small_cfg(tiny_dir, tmp_path / "run", reward_fn="tests.fault_fns:raising_reward", prompts_per_step=16)
     with pytest.raises(RewardError, match=r"(?s)example 'arithmetic:1.*prompt: '1.*RuntimeError: boom"):
         train(cfg, log=lambda *a: None)
 
@@ -162,7 +152,7 @@ def test_skip_drops_errored_samples_and_counts_them(tiny_dir, tmp_path):
     cfg = small_cfg(
         tiny_dir,
         tmp_path / "run",
-        reward_fn="tests.test_trainer:raising_reward",
+        reward_fn="tests.fault_fns:raising_reward",
         on_reward_error="skip",
         steps=1,
         prompts_per_step=16,
@@ -214,7 +204,7 @@ def test_every_preset_trains_end_to_end(tiny_dir, tmp_path, preset):
         base=base_config(preset),
         steps=2,
         micro_batch_size=4,
-        reward_fn="tests.test_trainer:digit_frac",
+        reward_fn="tests.fault_fns:digits",
     )
     train(cfg, log=lambda *a: None)
     last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
@@ -230,7 +220,7 @@ def test_every_preset_trains_end_to_end(tiny_dir, tmp_path, preset):
 def test_schedule_state_survives_resume(tiny_dir, tmp_path):
     """adaptive_entropy's coefficient continues from the checkpoint, not from its initial value."""
     kw = dict(
-        reward_fn="tests.test_trainer:digit_frac",
+        reward_fn="tests.fault_fns:digits",
         regularizers=("entropy_bonus",),
         schedules=("adaptive_entropy",),
         options=("adaptive_entropy.target=10.0",),
@@ -253,8 +243,8 @@ def test_a_policy_loss_that_needs_ref_logp_receives_them(tiny_dir, tmp_path):
         tiny_dir,
         tmp_path / "run",
         steps=2,
-        policy_loss="tests.ref_methods:ref_aware",
-        reward_fn="tests.test_trainer:digit_frac",
+        policy_loss="tests.user_methods:ref_aware",
+        reward_fn="tests.fault_fns:digits",
         lr=1e-3,
         warmup_steps=1,
     )

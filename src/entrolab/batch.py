@@ -8,7 +8,8 @@ into minibatches with ``select`` and into micro-batches with ``micro_batches``, 
 - ``loss_mask [B, T]``: tokens the policy is trained on (a subset: a sample whose reward errored, a token a
   filter masked out, an environment token of a multi-turn episode are attended but never trained on).
 
-Groups are found by ``group_id [B]``, never by position, so a shuffled batch gives the same advantages per row.
+Groups are found by ``group_id [B]``, never by position, so a shuffled batch gives the same advantages per row (up
+to the rounding of a group's sums taken in another order).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ class TokenBatch:
             prompt_mask=rollout.prompt_mask,
             response_ids=rollout.response_ids,
             attention_mask=rollout.response_mask,
-            loss_mask=rollout.response_mask,
+            loss_mask=rollout.response_mask.clone(),
             old_logp=rollout.logp,
             old_entropy=rollout.entropy,
             group_id=torch.arange(b // group_size).repeat_interleave(group_size),
@@ -125,7 +126,7 @@ class TokenBatch:
         b = len(self)
         step = size or b
         for start in range(0, b, step):
-            rows = slice(start, start + step)
+            rows = slice(start, min(start + step, b))
             yield rows, self.select(rows).trim()
 
 

@@ -4,8 +4,8 @@ Layout of a comparison folder::
 
     CMP/compare.json              the grid: task, methods, seeds, steps, base model, overrides
     CMP/base_eval.json            the base model's evaluation with per-problem detail (support metrics)
-    CMP/<method>/seed<k>/         an ordinary run folder (config.json, metrics.jsonl, checkpoint-*.pt,
-                                  summary.json, eval_detail.json, final/) plus worker.log
+    CMP/<method>/seed<k>/         an ordinary run folder (config.json, metrics.jsonl, checkpoint-*.pt and their
+                                  .sha256, .lock, summary.json, eval_detail.json, final/) plus worker.log
     CMP/report.html, CMP/plots/   the report (``entrolab report CMP`` renders it again from the files)
 
 Every run of seed k uses the same base model, the same task split (``task_seed``) and the same prompts in the
@@ -257,12 +257,17 @@ class _Grid:
 
 def _worker(argv: list[str]) -> int:
     """One run of the grid: ``python -m entrolab.compare RUN_DIR --fresh|--resume``."""
+    from entrolab.checkpoint import CheckpointError
     from entrolab.trainer import train
 
     run, mode = Path(argv[0]), argv[1]
     source = run / ("config.json" if mode == "--resume" else "planned_config.json")
     cfg = TrainConfig.from_json(json.loads(source.read_text()))
-    train(cfg, resume=mode == "--resume", overwrite=mode != "--resume")  # a fresh start replaces a partial run
+    try:
+        train(cfg, resume=mode == "--resume", overwrite=mode != "--resume")  # a fresh start replaces a partial run
+    except CheckpointError as e:  # every checkpoint damaged: start this run again rather than fail each time
+        print(f"{e}; starting {run} again", file=sys.stderr, flush=True)
+        train(cfg, overwrite=True)
     return 0
 
 

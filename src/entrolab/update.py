@@ -27,6 +27,7 @@ from typing import Any, Protocol
 import torch
 
 from entrolab import catalogue
+from entrolab.axes import Aggregation, PolicyLoss, Regularizer, TokenFilter
 from entrolab.batch import TokenBatch
 from entrolab.registry import Entry
 
@@ -116,7 +117,15 @@ class Methods:
             if state:
                 new.state.setdefault(entry.name, {}).update(state)
             config = {k: v for k, v in fields.items() if k not in entry.state}
-            return (entry, dataclasses.replace(c, **config)) if config else pair
+            if not config:
+                return pair
+            try:
+                return entry, dataclasses.replace(c, **config)
+            except TypeError:
+                allowed = sorted({f.name for f in dataclasses.fields(c)} | set(entry.state)) if c is not None else []
+                raise ValueError(
+                    f"a schedule set {sorted(config)} of {entry.name!r}, which has no such option; allowed: {allowed}"
+                ) from None
 
         new.advantage, new.policy_loss = upd(self.advantage), upd(self.policy_loss)
         new.shapers = [upd(p) for p in self.shapers]
@@ -237,7 +246,8 @@ def apply_filters(
                 extra["stats"] = stats if mb == b else slice_stats(stats, sl, mask.shape[1])
             if entry.state:
                 extra["state"] = methods.state.get(entry.name, {})
-            w, m, fm = entry.fn(
+            token_filter: TokenFilter = entry.fn
+            w, m, fm = token_filter(
                 mask[sl],
                 cfg=fcfg,
                 entropy=batch.old_entropy[sl],
@@ -292,7 +302,8 @@ def compose(
         extra["stats"] = stats[pl_entry.name]
     if pl_entry.state:
         extra["state"] = methods.state.get(pl_entry.name, {})
-    loss, metrics = pl_entry.fn(logp, batch.old_logp, batch.advantages, mask, cfg=pl_cfg, entropy=entropy, **extra)
+    policy_loss: PolicyLoss = pl_entry.fn
+    loss, metrics = policy_loss(logp, batch.old_logp, batch.advantages, mask, cfg=pl_cfg, entropy=entropy, **extra)
     loss = loss * batch.weight
     metrics = dict(metrics)
     scalars = []
@@ -302,15 +313,17 @@ def compose(
             rextra["state"] = methods.state.get(entry.name, {})
         if stats.get(entry.name) is not None:
             rextra["stats"] = stats[entry.name]
-        term, rm = entry.fn(logp, mask, cfg=rcfg, entropy=entropy, old_logp=batch.old_logp, ref_logp=ref_logp, **rextra)
+        regularizer: Regularizer = entry.fn
+        term, rm = regularizer(
+            logp, mask, cfg=rcfg, entropy=entropy, old_logp=batch.old_logp, ref_logp=ref_logp, **rextra
+        )
         if term.dim() == 0:
             scalars.append(term)
         else:
             loss = loss + term
         metrics.update(rm)
-    total = methods.aggregation.fn(
-        loss, mask, num_tokens=counts.num_tokens, num_seqs=counts.num_seqs, norm_len=counts.norm_len
-    )
+    aggregation: Aggregation = methods.aggregation.fn
+    total = aggregation(loss, mask, num_tokens=counts.num_tokens, num_seqs=counts.num_seqs, norm_len=counts.norm_len)
     if scalars:
         share = float((mask.sum(-1) > 0).sum()) / max(counts.num_seqs, 1.0)
         for s in scalars:

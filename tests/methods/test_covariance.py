@@ -25,31 +25,12 @@ from entrolab.methods.covariance import (
     kl_cov_stats,
 )
 from entrolab.methods.policy_loss import PPOClipConfig, ppo_clip
+from tests.methods._helpers import call_filter, gen, ragged_batch
 
 # The note's §1f example: A = [1, 1, 1, -1, -1, -1], p = [.9, .5, .05, .9, .5, .05].
 NOTE_LOGP = torch.log(torch.tensor([[0.9, 0.5, 0.05, 0.9, 0.5, 0.05]], dtype=torch.float64))
 NOTE_ADV = torch.tensor([[1.0, 1, 1, -1, -1, -1]], dtype=torch.float64)
 NOTE_COV = [1.1594, 0.5716, -1.7310, -1.1594, -0.5716, 1.7310]
-
-
-def _gen(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def _batch(seed: int, b: int = 6, t: int = 9, dtype=torch.float64):
-    """Random ragged minibatch: mask, logp (requires grad), old_logp, advantages [b, 1], entropy."""
-    g = _gen(seed)
-    lengths = torch.tensor([9, 4, 0, 1, 7, 3][:b])
-    mask = (torch.arange(t) < lengths.unsqueeze(-1)).to(dtype)
-    old = -torch.rand(b, t, generator=g, dtype=dtype) * 4
-    logp = (old + 0.3 * torch.randn(b, t, generator=g, dtype=dtype)).requires_grad_()
-    adv = torch.randn(b, 1, generator=g, dtype=dtype) * 3
-    entropy = torch.rand(b, t, generator=g, dtype=dtype) * 2
-    return mask, logp, old, adv, entropy
-
-
-def _filter(fn, mask, cfg, entropy=None, old_logp=None, advantages=None, **kw):
-    return fn(mask, cfg=cfg, entropy=entropy, old_logp=old_logp, advantages=advantages, truncated=None, **kw)
 
 
 def test_note_covariance_example_and_kl_cov_top2():
@@ -67,7 +48,7 @@ def test_note_covariance_example_and_kl_cov_top2():
 def _thousand_tokens():
     """10 rows of 100 valid tokens padded to 120 with garbage; r = 2 everywhere; A = +1 / -1 by row."""
     mask = (torch.arange(120) < 100).expand(10, 120).to(torch.float64)
-    g = _gen(1)
+    g = gen(1)
     old = -torch.rand(10, 120, generator=g, dtype=torch.float64) * 3
     logp = old + math.log(2.0)
     logp[:, 100:], old[:, 100:] = float("nan"), float("inf")
@@ -99,7 +80,7 @@ def test_kl_cov_gradient_is_beta_sign_of_log_ratio(log_ratio):
 
 @pytest.mark.parametrize("cfg", [KLCovConfig(coef=0.0), KLCovConfig(ratio=0.0)])
 def test_kl_cov_off_is_the_unclipped_surrogate_and_ppo_clip_inside_the_range(cfg):
-    mask, logp, old, adv, _ = _batch(2)
+    mask, logp, old, adv, _ = ragged_batch(2)
     loss, m = kl_cov(logp, old, adv, mask, cfg=cfg)
     plain = torch.where(mask.bool(), -adv * torch.exp(logp - old), 0.0)
     torch.testing.assert_close(loss, plain, atol=0, rtol=0)
@@ -110,7 +91,7 @@ def test_kl_cov_off_is_the_unclipped_surrogate_and_ppo_clip_inside_the_range(cfg
 
 
 def test_clip_cov_ratio_zero_is_ppo_clip_exactly():
-    mask, logp, old, adv, _ = _batch(3)
+    mask, logp, old, adv, _ = ragged_batch(3)
     for eps in ((0.2, 0.28), (1.0, 1.0)):
         a, ma = clip_cov(logp, old, adv, mask, cfg=ClipCovConfig(ratio=0.0, eps_low=eps[0], eps_high=eps[1]))
         b, _ = ppo_clip(logp, old, adv, mask, cfg=PPOClipConfig(eps_low=min(eps[0], 0.999), eps_high=eps[1]))
@@ -125,13 +106,13 @@ def test_clip_cov_ratio_zero_is_ppo_clip_exactly():
 
 
 def test_clip_cov_selection_band_budget_zero_grad_and_denominator():
-    g = _gen(4)
+    g = gen(4)
     mask = (torch.arange(50) < torch.tensor([50, 30, 45, 0, 50, 25]).unsqueeze(-1)).double()
     old = -torch.rand(6, 50, generator=g, dtype=torch.float64) * 5
     logp = (old + 0.4 * torch.randn(6, 50, generator=g, dtype=torch.float64)).requires_grad_()
     adv = torch.randn(6, 1, generator=g, dtype=torch.float64) * 3
     cfg = ClipCovConfig(ratio=0.02, cov_lb=1.0, cov_ub=5.0, eps_low=0.2, eps_high=0.2)
-    loss, m = clip_cov(logp, old, adv, mask, cfg=cfg, generator=_gen(0))
+    loss, m = clip_cov(logp, old, adv, mask, cfg=cfg, generator=gen(0))
     keep, ratio = mask.bool(), torch.exp(logp.detach() - old)
     cov = ops.centred_product(adv, logp.detach(), mask)
     ppo_clipped = keep & (-adv * ratio.clamp(0.8, 1.2) > -adv * ratio)
@@ -150,24 +131,24 @@ def test_clip_cov_selection_band_budget_zero_grad_and_denominator():
 
 
 def test_clip_cov_reproducible_with_generator_or_global_seed():
-    mask, logp, old, adv, _ = _batch(5, t=40)
+    mask, logp, old, adv, _ = ragged_batch(5, t=40)
     mask = torch.ones_like(mask)
     cfg = ClipCovConfig(ratio=0.2, cov_lb=0.0, cov_ub=1e9)
-    runs = [clip_cov(logp, old, adv, mask, cfg=cfg, generator=_gen(7))[0] for _ in range(2)]
+    runs = [clip_cov(logp, old, adv, mask, cfg=cfg, generator=gen(7))[0] for _ in range(2)]
     assert torch.equal(runs[0], runs[1])
     torch.manual_seed(7)
     global_rng = clip_cov(logp, old, adv, mask, cfg=cfg)[0]  # generator=None: torch's global RNG, as verl
     assert torch.equal(global_rng, runs[0])  # a generator seeded s draws what the global RNG seeded s draws
-    other = clip_cov(logp, old, adv, mask, cfg=cfg, generator=_gen(8))[0]
+    other = clip_cov(logp, old, adv, mask, cfg=cfg, generator=gen(8))[0]
     assert not torch.equal(other, runs[0])
     # The generator passed in advances (the run's stream), so two calls with one generator differ.
-    g = _gen(7)
+    g = gen(7)
     first, second = (clip_cov(logp, old, adv, mask, cfg=cfg, generator=g)[0] for _ in range(2))
     assert torch.equal(first, runs[0]) and not torch.equal(second, first)
 
 
 def test_clip_cov_gradient_sign_on_policy():
-    mask, logp, _, adv, _ = _batch(6)
+    mask, logp, _, adv, _ = ragged_batch(6)
     loss, _ = clip_cov(logp, logp.detach(), adv, mask, cfg=ClipCovConfig(ratio=0.0))
     (grad,) = torch.autograd.grad(loss.sum(), logp)
     torch.testing.assert_close(grad, torch.where(mask.bool(), -adv.expand_as(grad), 0.0))  # r = 1: -A
@@ -181,7 +162,7 @@ def _same_real_columns(narrow, wide, t):
 
 
 def test_cov_losses_padding_invariance():
-    mask, logp, old, adv, _ = _batch(8)
+    mask, logp, old, adv, _ = ragged_batch(8)
     logp = logp.detach()
     pad = torch.tensor([[float("nan"), float("inf")]], dtype=torch.float64).expand(6, 2)
 
@@ -191,8 +172,8 @@ def test_cov_losses_padding_invariance():
     wmask = torch.cat([mask, torch.zeros(6, 2, dtype=torch.float64)], 1)
     ccfg = dict(ratio=0.3, cov_lb=0.0, cov_ub=1e9, eps_low=0.2, eps_high=0.28)
     _same_real_columns(
-        clip_cov(logp, old, adv, mask, cfg=ClipCovConfig(**ccfg), generator=_gen(0)),
-        clip_cov(wide(logp), wide(old), adv, wmask, cfg=ClipCovConfig(**ccfg), generator=_gen(0)),
+        clip_cov(logp, old, adv, mask, cfg=ClipCovConfig(**ccfg), generator=gen(0)),
+        clip_cov(wide(logp), wide(old), adv, wmask, cfg=ClipCovConfig(**ccfg), generator=gen(0)),
         9,
     )
     for scope in ("micro_batch", "batch"):
@@ -210,9 +191,9 @@ def test_cov_losses_padding_invariance():
     ],
 )
 def test_batch_scope_micro_batches_equal_the_whole_minibatch(fn, stats_fn, cfg):
-    mask, logp, old, adv, entropy = _batch(9)
+    mask, logp, old, adv, entropy = ragged_batch(9)
     logp = logp.detach() + 0.05  # off-policy: the selection still comes from the stats
-    rng = {"generator": _gen(3)} if fn is clip_cov else {}  # the caller passes the generator to what draws
+    rng = {"generator": gen(3)} if fn is clip_cov else {}  # the caller passes the generator to what draws
     stats = stats_fn(mask=mask, old_logp=old, advantages=adv, entropy=entropy, cfg=cfg, **rng)
     whole, _ = fn(logp, old, adv, mask, cfg=cfg, stats=stats)
     parts = []
@@ -223,18 +204,18 @@ def test_batch_scope_micro_batches_equal_the_whole_minibatch(fn, stats_fn, cfg):
         parts.append(torch.nn.functional.pad(part, (0, 9 - width)))
     torch.testing.assert_close(torch.cat(parts), whole, atol=0, rtol=0)
     # scope="batch" without stats computes them from the tensors given (and generator): the same selection.
-    rng = {"generator": _gen(3)} if fn is clip_cov else {}
+    rng = {"generator": gen(3)} if fn is clip_cov else {}
     alone, _ = fn(logp, old, adv, mask, cfg=cfg, **rng)
     torch.testing.assert_close(alone, whole, atol=0, rtol=0)
     assert 0 < int(stats["selected"].sum()) == max(int(0.1 * mask.sum().item()), 1)
 
 
 def test_clip_cov_filter_is_zero_weight_and_matches_the_stats():
-    mask, _, old, adv, _ = _batch(10)
+    mask, _, old, adv, _ = ragged_batch(10)
     cfg = ClipCovConfig(ratio=0.2, cov_lb=-1e9, cov_ub=1e9)
-    w, m, metrics = _filter(clip_cov_filter, mask, cfg, old_logp=old, advantages=adv, generator=_gen(2))
+    w, m, metrics = call_filter(clip_cov_filter, mask, cfg, old_logp=old, advantages=adv, generator=gen(2))
     assert torch.equal(m, mask)  # zero-weight: the mask (and so the denominator) is unchanged
-    chosen = clip_cov_stats(mask=mask, old_logp=old, advantages=adv, entropy=None, cfg=cfg, generator=_gen(2))
+    chosen = clip_cov_stats(mask=mask, old_logp=old, advantages=adv, entropy=None, cfg=cfg, generator=gen(2))
     chosen = chosen["selected"]
     assert torch.equal(w == 0, chosen) and int(chosen.sum()) == int(0.2 * mask.sum().item())
     assert metrics["filter/frac_cov_detached"].item() == pytest.approx(int(chosen.sum()) / mask.sum().item())
@@ -244,7 +225,7 @@ def test_clip_cov_generator_is_an_input_not_an_option():
     # (b) of the composer's conventions: no torch.Generator in a frozen config; the run's generator is passed in.
     assert "generator" not in {f.name for f in dataclasses.fields(ClipCovConfig)}
     with pytest.raises(ValueError, match=r"unknown option\(s\) \['generator'\]"):
-        catalogue.get("policy_loss", "clip_cov").make_config({"generator": _gen(0)})
+        catalogue.get("policy_loss", "clip_cov").make_config({"generator": gen(0)})
     for axis in ("policy_loss", "token_filter"):
         entry = catalogue.get(axis, "clip_cov")
         assert entry.needs == ("generator",) and entry.stats is clip_cov_stats
@@ -254,19 +235,19 @@ def test_clip_cov_generator_is_an_input_not_an_option():
 @pytest.mark.parametrize("scope", ["micro_batch", "batch"])
 def test_clip_cov_draws_from_the_generator_of_whichever_function_draws(scope):
     # micro_batch: the loss draws; batch: clip_cov_stats draws (the loss only reads stats["selected"]).
-    mask, logp, old, adv, entropy = _batch(21, t=30)
+    mask, logp, old, adv, entropy = ragged_batch(21, t=30)
     mask = torch.ones_like(mask)
     logp = old.clone().requires_grad_()  # on-policy: loss and stats see the same covariance, no PPO clip
     cfg = ClipCovConfig(ratio=0.1, cov_lb=-1e9, cov_ub=1e9, scope=scope)
-    loss, m = clip_cov(logp, old, adv, mask, cfg=cfg, generator=_gen(4))
+    loss, m = clip_cov(logp, old, adv, mask, cfg=cfg, generator=gen(4))
     assert m["clip/frac_cov"].item() == pytest.approx(int(0.1 * mask.sum().item()) / mask.sum().item())
-    selected = clip_cov_stats(mask=mask, old_logp=old, advantages=adv, entropy=entropy, cfg=cfg, generator=_gen(4))
+    selected = clip_cov_stats(mask=mask, old_logp=old, advantages=adv, entropy=entropy, cfg=cfg, generator=gen(4))
     assert torch.equal(loss == 0, selected["selected"])  # the same subset from the same seed, either way
     assert int(selected["selected"].sum()) == int(0.1 * mask.sum().item())
     if scope == "batch":  # given stats, the loss draws nothing: any generator (or none) gives the same loss
-        with_stats = [clip_cov(logp, old, adv, mask, cfg=cfg, stats=selected, generator=g)[0] for g in (_gen(9), None)]
+        with_stats = [clip_cov(logp, old, adv, mask, cfg=cfg, stats=selected, generator=g)[0] for g in (gen(9), None)]
         assert all(torch.equal(x, loss) for x in with_stats)
-    filt, _, _ = _filter(clip_cov_filter, mask, cfg, old_logp=old, advantages=adv, generator=_gen(4))
+    filt, _, _ = call_filter(clip_cov_filter, mask, cfg, old_logp=old, advantages=adv, generator=gen(4))
     assert torch.equal(filt == 0, selected["selected"])
 
 
@@ -283,3 +264,9 @@ def test_clip_cov_draws_from_the_generator_of_whichever_function_draws(scope):
 def test_config_validation_names_the_bad_value(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+def test_registered_clip_cov_shares_its_config_and_has_batch_stats():
+    assert catalogue.get("policy_loss", "clip_cov").config is catalogue.get("token_filter", "clip_cov").config
+    for axis, name in [("policy_loss", "clip_cov"), ("policy_loss", "kl_cov")]:
+        assert catalogue.get(axis, name).stats is not None

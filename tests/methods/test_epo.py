@@ -17,27 +17,7 @@ import torch
 from entrolab.methods.aggregation import aggregate
 from entrolab.methods.epo import EPOConfig, EPOPhaseConfig, epo, epo_phase, epo_phase_weight
 from entrolab.methods.regularizers import EntropyBonusConfig, entropy_bonus
-
-NAN = float("nan")
-
-
-def _reg(fn, cfg, mask, entropy=None, logp=None, ref_logp=None, **extra):
-    """Call a regulariser with the axis's keywords."""
-    return fn(logp, mask, cfg=cfg, entropy=entropy, old_logp=None, ref_logp=ref_logp, **extra)
-
-
-def _pad(x: torch.Tensor, garbage: float = NAN, n: int = 2) -> torch.Tensor:
-    """x with n extra columns of garbage along dim 1."""
-    return torch.cat([x, torch.full((x.shape[0], n), garbage, dtype=x.dtype)], 1)
-
-
-def _assert_padding_invariant(narrow, wide, t: int) -> None:
-    (a, ma), (b, mb) = narrow, wide
-    torch.testing.assert_close(a, b[:, :t])
-    assert torch.all(b[:, t:] == 0)
-    assert ma.keys() == mb.keys()
-    for k in ma:
-        torch.testing.assert_close(ma[k], mb[k], rtol=1e-6, atol=1e-7)
+from tests.methods._helpers import NAN, assert_padding_invariant, call_regularizer, pad
 
 
 @pytest.mark.parametrize(("low", "outside"), [(0.0, [False, False, False, True]), (0.8, [True, False, False, True])])
@@ -46,7 +26,7 @@ def test_epo_corridor_note_example(low, outside):
     h = torch.tensor([[0.5], [1.0], [1.9], [2.5]]).expand(4, 3)
     cfg = EPOConfig(coef=1.0, low_ratio=low, high_ratio=2.0, ref_entropy=1.0, code_faithful=True)
     for mode in ("token", "seq"):
-        term, m = _reg(epo, replace(cfg, mask_mode=mode), torch.ones(4, 3), entropy=h)
+        term, m = call_regularizer(epo, replace(cfg, mask_mode=mode), torch.ones(4, 3), entropy=h)
         expected = -h + 0.05 * torch.tensor(outside).float().unsqueeze(-1)  # -c_H H + c_H c_s beta penalty
         torch.testing.assert_close(term, expected)
         assert m["epo/out_of_corridor_frac"].item() == pytest.approx(sum(outside) / 4)
@@ -79,7 +59,7 @@ def test_epo_phase_history_and_closed_loop():
     penalties = []
     for step in range(2, 21):
         state, values = epo_phase(state, {"entropy/token_mean": 1.0}, cfg=sched, step=step, total_steps=20)
-        _, m = _reg(
+        _, m = call_regularizer(
             epo,
             replace(cfg, **{k.split(".")[1]: v for k, v in values.items()}),
             torch.ones(1, 1),
@@ -96,23 +76,23 @@ def test_epo_gradient_paper_vs_code_and_degenerate():
     grads = {}
     for faithful in (False, True):
         h = h0.clone().requires_grad_()
-        term, _ = _reg(epo, replace(cfg, code_faithful=faithful), torch.ones(1, 3), entropy=h)
+        term, _ = call_regularizer(epo, replace(cfg, code_faithful=faithful), torch.ones(1, 3), entropy=h)
         (grads[faithful],) = torch.autograd.grad(term.sum(), h)
     torch.testing.assert_close(grads[True], torch.full((1, 3), -0.1))  # code: only the bonus has a gradient
     # paper: below the floor the push up doubles-plus (-c_H - c_H c_s), above the ceiling it reverses.
     torch.testing.assert_close(grads[False], torch.tensor([[-0.1 - 0.2, -0.1, -0.1 + 0.2]]))
-    bonus, _ = _reg(entropy_bonus, EntropyBonusConfig(coef=0.1), torch.ones(1, 3), entropy=h0)
-    plain, _ = _reg(epo, replace(cfg, ref_entropy=None), torch.ones(1, 3), entropy=h0)
+    bonus, _ = call_regularizer(entropy_bonus, EntropyBonusConfig(coef=0.1), torch.ones(1, 3), entropy=h0)
+    plain, _ = call_regularizer(epo, replace(cfg, ref_entropy=None), torch.ones(1, 3), entropy=h0)
     torch.testing.assert_close(plain, bonus)  # no history: EPO is the entropy bonus
-    zero, _ = _reg(epo, replace(cfg, coef=0.0), torch.ones(1, 3), entropy=h0)
+    zero, _ = call_regularizer(epo, replace(cfg, coef=0.0), torch.ones(1, 3), entropy=h0)
     assert torch.all(zero == 0)
     mask = torch.tensor([[1.0, 1, 0]])
     h = torch.tensor([[0.2, 1.0, NAN]], requires_grad=True)
-    term, _ = _reg(epo, replace(cfg, mask_mode="seq"), mask, entropy=h)
+    term, _ = call_regularizer(epo, replace(cfg, mask_mode="seq"), mask, entropy=h)
     aggregate(term, mask, "token-mean").backward()
     assert term[0, 2] == 0 and h.grad[0, 2] == 0 and torch.isfinite(h.grad).all()
-    narrow = _reg(epo, cfg, torch.ones(1, 3), entropy=h0)
-    _assert_padding_invariant(narrow, _reg(epo, cfg, _pad(torch.ones(1, 3), 0.0), entropy=_pad(h0)), 3)
+    narrow = call_regularizer(epo, cfg, torch.ones(1, 3), entropy=h0)
+    assert_padding_invariant(narrow, call_regularizer(epo, cfg, pad(torch.ones(1, 3), 0.0), entropy=pad(h0)), 3)
     with pytest.raises(ValueError, match=r"high_ratio > low_ratio, got 0.5 <= 0.8"):
         EPOConfig(low_ratio=0.8, high_ratio=0.5)
 

@@ -16,8 +16,8 @@ import torch
 from entrolab import catalogue
 from entrolab.methods.aggregation import aggregate
 from entrolab.methods.safe import SafeConfig, SafePIDConfig, safe, safe_pid
+from tests.methods._helpers import INF, NAN, pad
 
-NAN, INF = float("nan"), float("inf")
 FRESH = {"threshold": 0.45, "kl_prev": 0.0}  # safe_pid's first values: WARMUP tau 0.3 x 1.5, kl_short 0
 
 
@@ -31,10 +31,6 @@ def _safe(kl: float, h: float, cfg=None, requires_grad=False, state=FRESH):
         cfg or SafeConfig(), torch.ones(1, 2), torch.full((1, 2), h), logp, torch.full((1, 2), -1.0 - kl), state
     )
     return term, m, logp
-
-
-def _pad(x: torch.Tensor, garbage: float = NAN, n: int = 2) -> torch.Tensor:
-    return torch.cat([x, torch.full((x.shape[0], n), garbage, dtype=x.dtype)], 1)
 
 
 def test_safe_note_example():
@@ -99,7 +95,7 @@ def test_safe_gradient_intended_vs_code_and_masked():
     assert m["kl/ref_k1_mean"].item() == pytest.approx(8.0)
     one = torch.ones(1, 1)
     narrow = _reg(SafeConfig(), one, one, torch.zeros(1, 1), torch.full((1, 1), -9.0))
-    wide = _reg(SafeConfig(), _pad(one, 0.0), _pad(one), _pad(torch.zeros(1, 1)), _pad(torch.full((1, 1), -9.0), INF))
+    wide = _reg(SafeConfig(), pad(one, 0.0), pad(one), pad(torch.zeros(1, 1)), pad(torch.full((1, 1), -9.0), INF))
     torch.testing.assert_close(narrow[0], wide[0][:, :1])
     assert torch.all(wide[0][:, 1:] == 0)
     for k in narrow[1]:

@@ -18,18 +18,12 @@ import torch
 from entrolab import catalogue
 from entrolab.methods.aggregation import aggregate
 from entrolab.methods.siren import SirenAnchorConfig, SirenConfig, siren, siren_anchor, topp_entropy
-
-NAN, INF = float("nan"), float("inf")
+from tests.methods._helpers import INF, NAN, pad
 
 
 def _siren(cfg, mask, logits, state=None):
     """Call the regulariser with the axis's keywords (logp, entropy, old_logp, ref_logp unused)."""
     return siren(None, mask, cfg=cfg, entropy=None, old_logp=None, ref_logp=None, logits=logits, state=state)
-
-
-def _pad(x: torch.Tensor, garbage: float = NAN, n: int = 2) -> torch.Tensor:
-    """x with n extra columns of garbage along dim 1 (any trailing dims kept)."""
-    return torch.cat([x, torch.full((x.shape[0], n, *x.shape[2:]), garbage, dtype=x.dtype)], 1)
 
 
 def _bernoulli_logits(p: list[list[float]]) -> torch.Tensor:
@@ -225,7 +219,7 @@ def test_degenerate_masked_and_padding():
         assert torch.isfinite(term).all() and (term.dim() == 0 or torch.all(term[1, 3:] == 0))
         assert torch.all(z.grad[1, 3:] == 0) and torch.isfinite(z.grad).all() and z.grad[mask.bool()].abs().sum() > 0
         narrow = _siren(cfg, mask, logits, {"anchor": 2.0})
-        wide = _siren(cfg, _pad(mask, 0.0), _pad(logits, INF), {"anchor": 2.0})
+        wide = _siren(cfg, pad(mask, 0.0), pad(logits, INF), {"anchor": 2.0})
         if cfg.penalty == "batch_scalar":
             torch.testing.assert_close(narrow[0], wide[0])
         else:

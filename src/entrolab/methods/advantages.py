@@ -66,7 +66,7 @@ def grpo(
     every token of sample i, r the G rewards of the sample's group.
 
     Args:
-        rewards: ``[B]`` float, one outcome reward per sequence, groups of G contiguous.
+        rewards: ``[B]`` float, one outcome reward per sequence (rows in any order; groups by ``group_id``).
         mask: ``[B, T]`` response mask (unused; part of the axis convention).
         cfg: :class:`GRPOConfig`.
         group_id: ``[B]`` int, the prompt group of each row (any order; equal group sizes >= 2).
@@ -109,7 +109,7 @@ def dr_grpo(
     ``seq-mean-token-sum-norm`` here, not part of the advantage).
 
     Args:
-        rewards: ``[B]`` float, one outcome reward per sequence, groups of G contiguous.
+        rewards: ``[B]`` float, one outcome reward per sequence (rows in any order; groups by ``group_id``).
         mask: ``[B, T]`` response mask (unused; part of the axis convention).
         cfg: None (no options).
         group_id: ``[B]`` int, the prompt group of each row (any order; equal group sizes >= 2).
@@ -143,7 +143,7 @@ def rloo(
     which keeps the estimator unbiased. Equivalently A_i = G / (G - 1) * (r_i - mean_g r).
 
     Args:
-        rewards: ``[B]`` float, one outcome reward per sequence, groups of G contiguous.
+        rewards: ``[B]`` float, one outcome reward per sequence (rows in any order; groups by ``group_id``).
         mask: ``[B, T]`` response mask (unused; part of the axis convention).
         cfg: None (no options).
         group_id: ``[B]`` int, the prompt group of each row (any order; equal group sizes >= 2).

@@ -24,9 +24,11 @@ from tests.methods._helpers import NAN, assert_padding_invariant, call_regulariz
 def test_epo_corridor_note_example(low, outside):
     # Note §6(f): H_ref = 1, rows of constant entropy [0.5, 1.0, 1.9, 2.5]; kappa_r = 2.
     h = torch.tensor([[0.5], [1.0], [1.9], [2.5]]).expand(4, 3)
-    cfg = EPOConfig(coef=1.0, low_ratio=low, high_ratio=2.0, ref_entropy=1.0, code_faithful=True)
+    cfg = EPOConfig(coef=1.0, low_ratio=low, high_ratio=2.0, code_faithful=True)
     for mode in ("token", "seq"):
-        term, m = call_regularizer(epo, replace(cfg, mask_mode=mode), torch.ones(4, 3), entropy=h)
+        term, m = call_regularizer(
+            epo, replace(cfg, mask_mode=mode), torch.ones(4, 3), entropy=h, state={"ref_entropy": 1.0}
+        )
         expected = -h + 0.05 * torch.tensor(outside).float().unsqueeze(-1)  # -c_H H + c_H c_s beta penalty
         torch.testing.assert_close(term, expected)
         assert m["epo/out_of_corridor_frac"].item() == pytest.approx(sum(outside) / 4)
@@ -59,11 +61,12 @@ def test_epo_phase_history_and_closed_loop():
     penalties = []
     for step in range(2, 21):
         state, values = epo_phase(state, {"entropy/token_mean": 1.0}, cfg=sched, step=step, total_steps=20)
-        _, m = call_regularizer(
+        _, m = call_regularizer(  # the schedule's values reach the regulariser as its controller state
             epo,
-            replace(cfg, **{k.split(".")[1]: v for k, v in values.items()}),
+            cfg,
             torch.ones(1, 1),
             entropy=torch.tensor([[2.0]]),
+            state={k.split(".")[1]: v for k, v in values.items()},
         )
         penalties.append(values["epo.smooth_weight"] * m["epo/smooth_mean"].item())
     assert values["epo.ref_entropy"] == 1.0 and penalties[0] == pytest.approx(0.5 * epo_phase_weight(1, 20))
@@ -72,27 +75,29 @@ def test_epo_phase_history_and_closed_loop():
 
 def test_epo_gradient_paper_vs_code_and_degenerate():
     h0 = torch.tensor([[0.2, 1.0, 3.0]])  # below, inside, above the corridor [0.5, 2.0] around H_ref = 1
-    cfg = EPOConfig(coef=0.1, low_ratio=0.5, high_ratio=2.0, ref_entropy=1.0, smooth_coef=2.0)
+    cfg = EPOConfig(coef=0.1, low_ratio=0.5, high_ratio=2.0, smooth_coef=2.0)
+    ref = {"ref_entropy": 1.0}
     grads = {}
     for faithful in (False, True):
         h = h0.clone().requires_grad_()
-        term, _ = call_regularizer(epo, replace(cfg, code_faithful=faithful), torch.ones(1, 3), entropy=h)
+        term, _ = call_regularizer(epo, replace(cfg, code_faithful=faithful), torch.ones(1, 3), entropy=h, state=ref)
         (grads[faithful],) = torch.autograd.grad(term.sum(), h)
     torch.testing.assert_close(grads[True], torch.full((1, 3), -0.1))  # code: only the bonus has a gradient
     # paper: below the floor the push up doubles-plus (-c_H - c_H c_s), above the ceiling it reverses.
     torch.testing.assert_close(grads[False], torch.tensor([[-0.1 - 0.2, -0.1, -0.1 + 0.2]]))
     bonus, _ = call_regularizer(entropy_bonus, EntropyBonusConfig(coef=0.1), torch.ones(1, 3), entropy=h0)
-    plain, _ = call_regularizer(epo, replace(cfg, ref_entropy=None), torch.ones(1, 3), entropy=h0)
+    plain, _ = call_regularizer(epo, cfg, torch.ones(1, 3), entropy=h0, state={})
     torch.testing.assert_close(plain, bonus)  # no history: EPO is the entropy bonus
-    zero, _ = call_regularizer(epo, replace(cfg, coef=0.0), torch.ones(1, 3), entropy=h0)
+    zero, _ = call_regularizer(epo, replace(cfg, coef=0.0), torch.ones(1, 3), entropy=h0, state=ref)
     assert torch.all(zero == 0)
     mask = torch.tensor([[1.0, 1, 0]])
     h = torch.tensor([[0.2, 1.0, NAN]], requires_grad=True)
-    term, _ = call_regularizer(epo, replace(cfg, mask_mode="seq"), mask, entropy=h)
+    term, _ = call_regularizer(epo, replace(cfg, mask_mode="seq"), mask, entropy=h, state=ref)
     aggregate(term, mask, "token-mean").backward()
     assert term[0, 2] == 0 and h.grad[0, 2] == 0 and torch.isfinite(h.grad).all()
-    narrow = call_regularizer(epo, cfg, torch.ones(1, 3), entropy=h0)
-    assert_padding_invariant(narrow, call_regularizer(epo, cfg, pad(torch.ones(1, 3), 0.0), entropy=pad(h0)), 3)
+    narrow = call_regularizer(epo, cfg, torch.ones(1, 3), entropy=h0, state=ref)
+    wide = call_regularizer(epo, cfg, pad(torch.ones(1, 3), 0.0), entropy=pad(h0), state=ref)
+    assert_padding_invariant(narrow, wide, 3)
     with pytest.raises(ValueError, match=r"high_ratio > low_ratio, got 0.5 <= 0.8"):
         EPOConfig(low_ratio=0.8, high_ratio=0.5)
 

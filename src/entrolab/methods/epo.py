@@ -7,6 +7,7 @@ the corridor's reference entropy (mean of past steps' entropy) and the phase wei
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -30,10 +31,6 @@ class EPOConfig:
     """kappa_l: corridor floor = kappa_l * H_ref (reported runs 0, which disables the floor; code default 0.8)."""
     high_ratio: float = 2.0
     """kappa_r: corridor ceiling = kappa_r * H_ref (reported runs 2.0; code default 1.2)."""
-    ref_entropy: float | None = None
-    """H_ref, set each step by ``epo_phase``; None (no history yet): no smoothing penalty."""
-    smooth_weight: float = 1.0
-    """beta(k), set each step by ``epo_phase``."""
     mask_mode: MaskMode = "token"
     """token: each token's entropy is compared with the corridor; seq: the response's mean entropy."""
     code_faithful: bool = False
@@ -42,13 +39,11 @@ class EPOConfig:
     """code_faithful only: penalty value outside the corridor (0.05 ScienceWorld, 0.1 ALFWorld)."""
 
     def __post_init__(self) -> None:
-        for name in ("coef", "smooth_coef", "low_ratio", "smooth_weight", "out_range_penalty"):
+        for name in ("coef", "smooth_coef", "low_ratio", "out_range_penalty"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"epo {name} must be >= 0, got {getattr(self, name)}")
         if not self.high_ratio > self.low_ratio:
             raise ValueError(f"epo needs high_ratio > low_ratio, got {self.high_ratio} <= {self.low_ratio}")
-        if self.ref_entropy is not None and not self.ref_entropy >= 0:
-            raise ValueError(f"epo ref_entropy must be >= 0 or None, got {self.ref_entropy}")
         if self.mask_mode not in ("token", "seq"):
             raise ValueError(f"epo mask_mode must be one of ['token', 'seq'], got {self.mask_mode!r}")
 
@@ -59,6 +54,7 @@ class EPOConfig:
     config=EPOConfig,
     paper="arXiv:2509.22576",
     metrics=("epo/bonus_mean", "epo/smooth_mean", "epo/out_of_corridor_frac"),
+    state=("ref_entropy", "smooth_weight"),
 )
 def epo(
     logp: torch.Tensor,
@@ -68,6 +64,7 @@ def epo(
     entropy: torch.Tensor,
     old_logp: torch.Tensor,
     ref_logp: torch.Tensor | None,
+    state: Mapping[str, float] | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """EPO entropy regularisation: -c_H (H - c_s beta(k) L_smooth), L_smooth a hinge corridor around H_ref.
 
@@ -82,7 +79,9 @@ def epo(
     Args:
         logp: ``[B, T]``, unused.  old_logp: unused.  ref_logp: unused.
         mask: ``[B, T]`` 1 on response tokens that count.
-        cfg: :class:`EPOConfig` (``ref_entropy`` and ``smooth_weight`` come from ``epo_phase``).
+        cfg: :class:`EPOConfig`.
+        state: controller values set each step by ``epo_phase``: ``ref_entropy`` (H_ref; missing before any
+            history: no smoothing penalty) and ``smooth_weight`` (beta(k); missing: 1).
         entropy: ``[B, T]`` full-distribution entropy of the current forward pass (carries the gradient).
 
     Returns:
@@ -99,25 +98,32 @@ def epo(
 
     Example:
         >>> h = torch.tensor([[0.5, 1.0, 1.9, 2.5]], requires_grad=True)
-        >>> cfg = EPOConfig(coef=1.0, low_ratio=0.8, high_ratio=2.0, ref_entropy=1.0)
-        >>> term, m = epo(None, torch.ones(1, 4), cfg=cfg, entropy=h, old_logp=None, ref_logp=None)
+        >>> cfg = EPOConfig(coef=1.0, low_ratio=0.8, high_ratio=2.0)
+        >>> term, m = epo(None, torch.ones(1, 4), cfg=cfg, entropy=h, old_logp=None, ref_logp=None,
+        ...               state={"ref_entropy": 1.0})
         >>> [round(x, 2) for x in term[0].tolist()], m["epo/out_of_corridor_frac"].item()
         ([-0.2, -1.0, -1.9, -2.0], 0.5)
     """
     keep = mask.bool()  # [B, T]
     h = torch.where(keep, entropy, 0.0)  # [B, T]
     x = h if cfg.mask_mode == "token" else ops.masked_mean(h, mask, dim=-1).unsqueeze(-1).expand_as(h)  # [B, T]
-    if cfg.ref_entropy is None:
+    state = state or {}
+    ref_entropy, smooth_weight = state.get("ref_entropy"), float(state.get("smooth_weight", 1.0))
+    if ref_entropy is not None and not ref_entropy >= 0:
+        raise ValueError(f"epo ref_entropy must be >= 0, got {ref_entropy}")
+    if not smooth_weight >= 0:
+        raise ValueError(f"epo smooth_weight must be >= 0, got {smooth_weight}")
+    if ref_entropy is None:
         smooth, outside = torch.zeros_like(h), torch.zeros_like(keep)  # [B, T]
     else:
-        lo, hi = cfg.low_ratio * cfg.ref_entropy, cfg.high_ratio * cfg.ref_entropy
+        lo, hi = cfg.low_ratio * ref_entropy, cfg.high_ratio * ref_entropy
         outside = keep & ~((x > lo) & (x < hi))  # [B, T]
         if cfg.code_faithful:
             smooth = outside.to(h.dtype) * cfg.out_range_penalty  # [B, T] constant: no gradient
         else:
             smooth = torch.relu(lo - x) + torch.relu(x - hi)  # [B, T]
     bonus = cfg.coef * h  # [B, T]
-    term = torch.where(keep, -bonus + cfg.coef * cfg.smooth_coef * cfg.smooth_weight * smooth, 0.0)  # [B, T]
+    term = torch.where(keep, -bonus + cfg.coef * cfg.smooth_coef * smooth_weight * smooth, 0.0)  # [B, T]
     metrics = {
         "epo/bonus_mean": ops.masked_mean(bonus.detach(), mask),
         "epo/smooth_mean": ops.masked_mean(smooth.detach(), mask),

@@ -185,6 +185,9 @@ def run_entrolab(
             progress=False,
             threads=threads,
             backend=backend,
+            # the same work as TRL's step: no same-state entropy probe (a diagnostic TRL does not run; about
+            # 15 ms a step here, quoted in benchmarks/results/entropy_change.md)
+            **({"entropy_probe": 0} if hasattr(base_config("grpo"), "entropy_probe") else {}),
         )
         profiler = None
         if profile:

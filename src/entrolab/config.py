@@ -58,7 +58,7 @@ class TrainConfig:
     reward_timeout: float = 60.0
     """Seconds one sample's reward may take; past it the worker is killed and the sample reported."""
     out: str = "runs/run"
-    """Run folder: config.json, metrics.jsonl, checkpoint.pt, summary.json, final/."""
+    """Run folder: config.json, metrics.jsonl, checkpoint-NNNNNN.pt (+ .sha256, the last two), summary.json, final/."""
     preset: str | None = None
     """A named recipe (grpo, dr_grpo, dapo, rloo) applied before the config file and the flags."""
     seed: int = 0

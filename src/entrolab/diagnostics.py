@@ -10,7 +10,7 @@ Definitions and the formula each follows:
 - **Cov(log π, A)** (Cui et al., arXiv:2505.22617): the centred covariance over the N valid tokens,
   ``mean_i (logp_i − mean logp)(A_i − mean A)`` with population normalisation (1/N), the masked mean of
   ``ops.centred_product``; the quantity the paper plots and Clip-Cov / KL-Cov rank tokens by.
-- **Predicted entropy change** (research note ``methods_entropy.md`` §0 identity 1 and §1): for a softmax
+- **Predicted entropy change** (Cui et al., arXiv:2505.22617, Lemma 1 and Theorem 1): for a softmax
   policy a logit change Δz gives ΔH ≈ −Cov_{a∼π}(log π(a), Δz_a). Under natural policy gradient with step
   size η, Δz_a = η·A(a), hence ``ΔH ≈ −η·Cov(log π, A)`` (the paper's Theorem for natural PG, the default
   here); ``form="vanilla"`` uses softmax PG, Δz_a = η·π(a)·A(a), hence ``ΔH ≈ −η·Cov(log π, π·A)``.

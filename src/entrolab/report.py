@@ -694,7 +694,7 @@ def render_report(cmp_dir: str | Path, *, title: str | None = None) -> Path:
             "covariance",
             "Cov(log π, A) and the entropy change it predicts",
             lambda: _cov_section(cmp, colors),
-            "First-order, natural policy gradient: ΔH ≈ −η·Cov(log π, A) (methods_entropy.md §0–1).",
+            "First-order, natural policy gradient: ΔH ≈ −η·Cov(log π, A) (Cui et al., arXiv:2505.22617, Theorem 1).",
         ),
         (
             "clip",

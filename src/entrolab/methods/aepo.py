@@ -28,7 +28,7 @@ class AEPOConfig:
     """Upper clip 1 + eps_high (A > 0)."""
     sides: Literal["high", "both"] = "high"
     """high: only the upper (high-entropy) clip passes a gradient, as the abstract states; both: also the lower
-    clip with sg((1 - eps_low) / r), the symmetric (GPPO) form of the research note."""
+    clip with sg((1 - eps_low) / r), the symmetric form of GPPO (arXiv:2508.07629)."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.eps_low < 1:
@@ -77,7 +77,7 @@ def aepo(
     Differences from the paper / released code:
         No code for AEPO's update was released (ARPO's repository holds the rollout only); the form follows
         the abstract ("a stop-gradient operation in the high-entropy clipping term") and GPPO, from the same
-        group. ``sides="both"`` is the symmetric form the research note gives (confidence M). No dual clip.
+        group. ``sides="both"`` is GPPO's symmetric form (a reconstruction, not the authors' code). No dual clip.
 
     Example:
         >>> logp = torch.log(torch.tensor([[1.5, 0.5]])).requires_grad_()

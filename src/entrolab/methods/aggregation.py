@@ -23,7 +23,7 @@ from typing import Literal, get_args
 import torch
 
 from entrolab import ops
-from entrolab.registry import register
+from entrolab.registry import register, registered
 
 AggMode = Literal["token-mean", "token-sum", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"]
 AGG_MODES: tuple[str, ...] = get_args(AggMode)
@@ -175,13 +175,10 @@ def seq_mean_token_sum_norm(
     return _per(ops.masked_sum(loss, mask), num_seqs) / float(norm_len)
 
 
-_MODES = {
-    "token-mean": token_mean,
-    "token-sum": token_sum,
-    "seq-mean-token-mean": seq_mean_token_mean,
-    "seq-mean-token-sum": seq_mean_token_sum,
-    "seq-mean-token-sum-norm": seq_mean_token_sum_norm,
-}
+# name -> function, from the registrations above (each mode's name is written once, in its decorator)
+_MODES = {e.name: e.fn for e in registered("aggregation").values() if e.fn.__module__ == __name__}
+if set(_MODES) != set(AGG_MODES):  # the Literal type and the registered names must agree
+    raise RuntimeError(f"AggMode {sorted(AGG_MODES)} != registered aggregations {sorted(_MODES)}")
 
 
 def aggregate(

@@ -118,7 +118,7 @@ def discriminator_clip(
     """Drop negative-advantage tokens whose update would lower entropy most, by the entropy discriminator.
 
     Paper: On the Entropy Dynamics in Reinforcement Fine-Tuning of LLMs, arXiv:2602.03392, Clip_B and Clip_V
-    (§5 of the research note). With S = p(H + log p) from the behaviour policy and mean / population std over
+    (its entropy-discriminator clipping). With S = p(H + log p) from the behaviour policy and mean / population std over
     the valid tokens:
 
         Clip_B:  drop i  iff  A_i < 0  and  S_i - mean S < -mu std S

@@ -47,6 +47,7 @@ def test_a_hanging_reward_with_skip_is_counted_and_the_run_finishes(tiny_dir, tm
     row = metric_lines(run)[1]
     assert row["reward/timeouts"] > 0 and row["reward/errors"] >= row["reward/timeouts"]
     assert row["reward/timeouts"] % 4 == 0  # every sample of a hanging prompt's group of 4
+    assert "warning: step 1:" in proc.stderr and "timed out after 0.5 s" in proc.stderr  # said, not only counted
 
 
 def test_a_raising_reward_stops_the_run_naming_the_example(tiny_dir, tmp_path):

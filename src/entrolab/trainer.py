@@ -168,6 +168,13 @@ def _loop(cfg, run, resume, model, tokenizer, ref_model, task, methods, pool, lo
             scores = pool.score(
                 decode_completions(tokenizer, rollout), [e for e in examples for _ in range(cfg.group_size)]
             )
+            if bool(scores.errored.any()):  # --on-reward-error skip: dropped, counted, and said
+                first = next(m for m in scores.messages if m).splitlines()[0]
+                n, t = int(scores.errored.sum()), int(scores.timed_out.sum())
+                print(
+                    f"warning: step {step}: {n} rewards failed ({t} timed out), dropped; first: {first}",
+                    file=sys.stderr,
+                )
             batch = batch.replace(loss_mask=batch.attention_mask * (~scores.errored).float().unsqueeze(-1))
             rewards = _fill_errored(scores.reward, scores.errored, batch.group_id)  # [B]
             for entry, rcfg in step_methods.shapers:

@@ -1,7 +1,8 @@
 """Covariance-based entropy control (Cui et al., arXiv:2505.22617): Clip-Cov and KL-Cov.
 
 Both rank tokens by the centred product Cov_i = (A_i - mean A)(logp_i - mean logp) over the N valid tokens
-(the term that drives entropy down: the paper's Lemma 1, ΔH ≈ −Cov(log π, Δz)) and restrain the few with the largest one:
+(the term that drives entropy down: the paper's Lemma 1, ΔH ≈ −Cov(log π, Δz)) and restrain the few with the
+largest one:
 Clip-Cov detaches a random r*N of those inside a band (zero weight: they stay in the denominator), KL-Cov
 adds beta*|log r| to the top k*N. ``scope="micro_batch"`` (verl) selects from the current log-probs of the
 tokens given; ``scope="batch"`` (the paper) selects once per minibatch with :func:`clip_cov_stats` /

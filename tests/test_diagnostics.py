@@ -75,7 +75,7 @@ def test_cov_logp_adv_ignores_padding_values():
 
 
 def test_cov_matches_research_note_per_token_example():
-    # methods_entropy.md §1 (f) 1: per-token products [1.1594, 0.5716, -1.7310, -1.1594, -0.5716, 1.7310];
+    # hand-computed: per-token products [1.1594, 0.5716, -1.7310, -1.1594, -0.5716, 1.7310];
     # their mean (the covariance) is 0 by the example's symmetry.
     p = torch.tensor([0.9, 0.5, 0.05, 0.9, 0.5, 0.05])
     adv = torch.tensor([1.0, 1, 1, -1, -1, -1])
@@ -96,7 +96,7 @@ def test_entropy_change_prediction_hand_values():
 
 def _one_state_batch(probs: list[float], counts: list[int], adv_per_action: list[float]):
     """A batch whose sampled tokens follow ``probs`` exactly (action a appears counts[a] times), so the
-    batch covariance equals the covariance under pi of the research note's identity."""
+    batch covariance equals the covariance under pi of the identity (Cui et al., arXiv:2505.22617, Lemma 1)."""
     logp = torch.tensor([math.log(probs[a]) for a, c in enumerate(counts) for _ in range(c)], dtype=torch.float64)
     adv = torch.tensor([adv_per_action[a] for a, c in enumerate(counts) for _ in range(c)], dtype=torch.float64)
     return logp.view(-1, 1), adv.view(-1, 1), torch.ones(len(logp), 1)
@@ -149,7 +149,7 @@ def test_pass_at_k_helpers_are_the_shared_ones():
     assert dg.pass_at_k is ops.pass_at_k
     assert dg.passk_from_counts is ops.passk_from_counts
     assert dg.majority_at_k is ops.majority_at_k
-    assert dg.pass_at_k(5, 2, 2) == pytest.approx(0.7)  # research note §19
+    assert dg.pass_at_k(5, 2, 2) == pytest.approx(0.7)  # hand-computed: 1 - C(3,2)/C(5,2)
 
 
 def test_support_change_reproduces_the_invisible_leash_numbers():

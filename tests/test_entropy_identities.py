@@ -157,7 +157,7 @@ def test_natural_pg_step(values, data):
 
 
 def test_note_numeric_example():
-    """Note §0: z = [2, 1, 0, -1] -> pi = [.6439, .2369, .0871, .0321], H = .9475,
+    """Hand-computed: z = [2, 1, 0, -1] -> pi = [.6439, .2369, .0871, .0321], H = .9475,
     S = [.3267, -.1167, -.1301, -.0799], E_pi S = .1688; finite differences match -S_k and -(S_k - E_pi S)."""
     z = _z([2.0, 1.0, 0.0, -1.0])
     pi = torch.softmax(z, -1)

@@ -1,4 +1,4 @@
-"""Clip-Cov and KL-Cov (arXiv:2505.22617): the research note's worked examples as closed forms.
+"""Clip-Cov and KL-Cov (arXiv:2505.22617): hand-computed worked examples as closed forms.
 
 Then the parent method at the degenerate setting (ratio 0 is PPO-clip / the plain surrogate), gradient signs
 and exact zeros, padding invariance, micro-batch == batch once ``stats`` come from the whole minibatch, and the
@@ -27,7 +27,7 @@ from entrolab.methods.covariance import (
 from entrolab.methods.policy_loss import PPOClipConfig, ppo_clip
 from tests.methods._helpers import call_filter, gen, ragged_batch
 
-# The note's §1f example: A = [1, 1, 1, -1, -1, -1], p = [.9, .5, .05, .9, .5, .05].
+# A hand-computed example: A = [1, 1, 1, -1, -1, -1], p = [.9, .5, .05, .9, .5, .05].
 NOTE_LOGP = torch.log(torch.tensor([[0.9, 0.5, 0.05, 0.9, 0.5, 0.05]], dtype=torch.float64))
 NOTE_ADV = torch.tensor([[1.0, 1, 1, -1, -1, -1]], dtype=torch.float64)
 NOTE_COV = [1.1594, 0.5716, -1.7310, -1.1594, -0.5716, 1.7310]

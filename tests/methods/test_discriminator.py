@@ -1,6 +1,6 @@
 """Numbers for the entropy discriminator's Clip_B / Clip_V (arXiv:2602.03392).
 
-The research note's worked examples (``methods_entropy.md`` §0, §5f) as closed forms, the one-sided drop, the
+hand-computed worked examples as closed forms, the one-sided drop, the
 Clip_V cap, the identities behind S = p (H + log p), and micro-batch == batch once ``stats`` come from the whole
 minibatch.
 """

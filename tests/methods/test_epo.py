@@ -1,6 +1,6 @@
 """EPO (arXiv:2509.22576): the entropy bonus with a smoothing corridor and the phase-weight schedule.
 
-The research note's corridor and beta(k) examples as closed forms, the history reducer, a closed loop of the
+Hand-computed corridor and beta(k) examples as closed forms, the history reducer, a closed loop of the
 schedule's values into the regulariser, the paper's hinge against the released code's constant penalty, and
 the horizon K: the run's total steps by default (the paper), ``horizon=150`` as the released code hardcodes it.
 """
@@ -22,7 +22,7 @@ from tests.methods._helpers import NAN, assert_padding_invariant, call_regulariz
 
 @pytest.mark.parametrize(("low", "outside"), [(0.0, [False, False, False, True]), (0.8, [True, False, False, True])])
 def test_epo_corridor_note_example(low, outside):
-    # Note §6(f): H_ref = 1, rows of constant entropy [0.5, 1.0, 1.9, 2.5]; kappa_r = 2.
+    # Hand-computed example: H_ref = 1, rows of constant entropy [0.5, 1.0, 1.9, 2.5]; kappa_r = 2.
     h = torch.tensor([[0.5], [1.0], [1.9], [2.5]]).expand(4, 3)
     cfg = EPOConfig(coef=1.0, low_ratio=low, high_ratio=2.0, code_faithful=True)
     for mode in ("token", "seq"):
@@ -44,7 +44,7 @@ def test_epo_phase_weight_note_example_and_monotone():
 
 
 def test_epo_phase_history_and_closed_loop():
-    # History reducer (note §6(f)): cumulative mean of [1, 2, 3, 4] = 2.5, sliding window of 2 = 3.5.
+    # History reducer (hand-computed): cumulative mean of [1, 2, 3, 4] = 2.5, sliding window of 2 = 3.5.
     for window, expected in ((None, 2.5), (2, 3.5)):
         state, values = epo_phase({}, {}, cfg=EPOPhaseConfig(window=window), step=1, total_steps=150)
         assert values == {"epo.smooth_weight": 1.0}  # no history yet: no ref_entropy, smoothing off

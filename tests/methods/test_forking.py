@@ -1,6 +1,6 @@
 """Numbers for forking tokens / low-entropy tokens (arXiv:2506.01939).
 
-The research note's worked example (``methods_entropy.md`` §2f) as a closed form, rho = 1 is no filter, parity
+A hand-computed worked example as a closed form, rho = 1 is no filter, parity
 with the authors' top-mask code, the complement identity, padding invariance, and micro-batch == batch once
 ``stats`` come from the whole minibatch.
 """

@@ -1,5 +1,5 @@
 """Numbers for Light-IF: TEA-RL's covariance-softmax entropy weights and Entropy-SFT's token selection
-(``research/methods_entropy.md`` §15f), their parents at degenerate settings, gradient sign and padding."""
+, their parents at degenerate settings, gradient sign and padding."""
 
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ def test_tea_rl_gradient_sign_detach_and_padding():
 
 
 def test_entropy_sft_note_example_and_parent():
-    # Note §15(f): delta = CE - H = [1.9, 0.3, -1.5, 1.0]; rho = 0.5 keeps tokens 0 and 3: mean CE 2.5.
+    # Hand-computed example: delta = CE - H = [1.9, 0.3, -1.5, 1.0]; rho = 0.5 keeps tokens 0 and 3: mean CE 2.5.
     ce = torch.tensor([[2.0, 0.5, 1.0, 3.0]])
     logp = (-ce).clone().requires_grad_()
     h = torch.tensor([[0.1, 0.2, 2.5, 2.0]])

@@ -1,6 +1,6 @@
 """SAFE (code ``ryyzn9/SAFE``): the entropy-gated KL penalty and its PID / phase threshold controller.
 
-The research note's worked example as a closed form, the intended (differentiable) penalty against the
+A hand-computed worked example as a closed form, the intended (differentiable) penalty against the
 released code's constant one, exact zeros and padding invariance on masked tokens, and the controller on
 synthetic reward trajectories. tau and kl_prev are controller state: ``safe_pid`` sets ``safe.threshold`` and
 ``safe.kl_prev``, the composer passes them as ``state={"threshold": tau, "kl_prev": kl_short}``.
@@ -34,7 +34,7 @@ def _safe(kl: float, h: float, cfg=None, requires_grad=False, state=FRESH):
 
 
 def test_safe_note_example():
-    # Note §16(f): fresh controller, KL 5.0 -> kl_short 0.5 > tau 0.45; factor 2 / (1.9 + 0.1) = 1.
+    # Hand-computed example: fresh controller, KL 5.0 -> kl_short 0.5 > tau 0.45; factor 2 / (1.9 + 0.1) = 1.
     term, m, _ = _safe(5.0, 1.9)
     assert m["safe/kl_short"].item() == pytest.approx(0.5)
     assert m["safe/penalty"].item() == pytest.approx(0.1 * 0.05**2) == pytest.approx(2.5e-4)

@@ -1,6 +1,6 @@
 """SIREN (arXiv:2509.25133): top-p entropy, per-response peak mask, anchored squared deviation.
 
-Closed forms for the research note's examples, both averages (``all_responses``: the released code, a response
+Closed forms for hand-computed examples, both averages (``all_responses``: the released code, a response
 without a peak counting 0; ``responses_with_peak``) and both penalties (``batch_scalar``: the code's 0-dim term
 added once per micro-batch; ``per_token``), the gradient toward the anchor, the anchor as controller state
 (``state={"anchor": H_0}``, missing -> no penalty), exact zeros and padding invariance on masked positions.
@@ -80,7 +80,7 @@ def test_peak_mask_is_per_response():
     assert term.dim() == 0 and term.item() == pytest.approx(h_hat**2, rel=1e-5)  # one batch scalar
     per_token, _ = _siren(PER_TOKEN, torch.ones(2, 5), logits, ZERO)
     torch.testing.assert_close(per_token, torch.full((2, 5), h_hat**2))
-    # Quantile by hand (note §4(f)): entropies [0, 1, 2, 3, 4] -> tau = 3.2 -> only 4 kept.
+    # Quantile by hand (hand-computed): entropies [0, 1, 2, 3, 4] -> tau = 3.2 -> only 4 kept.
     tau = torch.nanquantile(torch.tensor([[0.0, 1, 2, 3, 4]]), 0.8, dim=-1)
     assert tau.item() == pytest.approx(3.2)
 

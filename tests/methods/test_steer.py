@@ -1,4 +1,4 @@
-"""Numbers for STEER: the research note's worked example (``research/methods_entropy.md`` §3f) as a closed
+"""Numbers for STEER: a hand-computed worked example as a closed
 form, current vs behaviour probabilities, neutral weights are dual-clip PPO, gradient sign, exact zeros on
 masked tokens and padding invariance."""
 
@@ -12,7 +12,7 @@ from entrolab.methods.policy_loss import PPOClipConfig, ppo_clip
 from entrolab.methods.steer import SteerConfig, steer
 from tests.methods._helpers import INF, NAN, assert_padding_invariant, pad
 
-# Note §3(f): A = [1, 1, -1], p = p_old = [0.9, 0.5, 0.1], H = [0.3, 1.0, 2.0].
+# Hand-computed example: A = [1, 1, -1], p = p_old = [0.9, 0.5, 0.1], H = [0.3, 1.0, 2.0].
 STEER_P = torch.tensor([[0.9, 0.5, 0.1]])
 
 

@@ -27,7 +27,7 @@ def test_compare_grid_skips_finished_runs_and_renders_the_report(tiny_dir, tmp_p
         "--model",
         str(tiny_dir),
         "--methods",
-        "grpo,forking_tokens",
+        "grpo,clip_cov",
         "--seeds",
         "2",
         "--steps",
@@ -40,7 +40,7 @@ def test_compare_grid_skips_finished_runs_and_renders_the_report(tiny_dir, tmp_p
         *SMALL,
     ]
     entrolab(*args, timeout=600)
-    for method in ("grpo", "forking_tokens"):
+    for method in ("grpo", "clip_cov"):
         for seed in (0, 1):
             run = cmp / method / f"seed{seed}"
             summary = json.loads((run / "summary.json").read_text())
@@ -50,7 +50,21 @@ def test_compare_grid_skips_finished_runs_and_renders_the_report(tiny_dir, tmp_p
     base = json.loads((cmp / "base_eval.json").read_text())
     assert len(base["right"]) == 6 and len(base["answers"][0]) == 4
     html = (cmp / "report.html").read_text()
-    assert "grpo" in html and "forking_tokens" in html and html.count("data:image/png;base64,") >= 5
+    assert "grpo" in html and "clip_cov" in html and html.count("data:image/png;base64,") >= 5
+    # one recipe for the grid (grpo's), the differing fields shown, and Clip-Cov's scale warning said
+    grid = json.loads((cmp / "grid.json").read_text())
+    assert grid["recipe"] == "grpo" and set(grid["differences"]) == {
+        "policy_loss",
+        "options:policy_loss.ratio",
+        "options:policy_loss.cov_lb",
+        "options:policy_loss.cov_ub",
+    }
+    cfgs = [json.loads((cmp / m / "seed0" / "config.json").read_text()) for m in ("grpo", "clip_cov")]
+    assert cfgs[0]["aggregation"] == cfgs[1]["aggregation"] == "seq-mean-token-mean"  # grpo's recipe for both
+    assert cfgs[0]["minibatches"] == cfgs[1]["minibatches"] == 1
+    warnings = json.loads((cmp / "clip_cov" / "seed0" / "scale_warnings.json").read_text())["warnings"]
+    assert len(warnings) == 1 and warnings[0].startswith("clip_cov selects 1 of ")
+    assert "Recipe" in html and "scale warning, clip_cov: clip_cov selects 1 of" in html
     # repeating the command skips the finished runs (their metrics are untouched)
     before = (cmp / "grpo" / "seed0" / "metrics.jsonl").read_text()
     entrolab(*args, timeout=600)

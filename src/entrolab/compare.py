@@ -25,8 +25,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from entrolab.config import TrainConfig, _parse_value, base_config
-from entrolab.presets import PRESETS
+from entrolab.config import TrainConfig, _parse_value
+from entrolab.grid import check_fair, differences, plan_grid
+from entrolab.presets import PRESET_PARTS
 
 
 @dataclass(frozen=True)
@@ -57,16 +58,22 @@ class CompareArgs:
     """Overrides for every run as 'field=value', e.g. 'prompts_per_step=8' 'lr=5e-5'."""
     log_to: tuple[str, ...] = ()
     """Extra metric sinks for every run: tensorboard, mlflow."""
+    recipe: str | None = None
+    """The preset whose recipe part (epochs, minibatches, learning rate, aggregation, clip range, ...) every run
+    shares; default: the first method's."""
+    allow_unequal: tuple[str, ...] = ()
+    """Config fields the runs may differ in outside their methods' own parts (refused otherwise)."""
     progress: bool = True
     """Show the live grid."""
 
 
-def plan(args: CompareArgs) -> list[TrainConfig]:
-    """The run configs of the grid (validated before any work starts)."""
+def plan(args: CompareArgs) -> tuple[list[TrainConfig], dict[str, Any]]:
+    """The run configs of the grid, validated before any work starts, and the grid's description: the shared
+    recipe, what was applied to every run (a method's needs), and the table of fields that differ."""
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in PRESETS]
+    unknown = [m for m in methods if m not in PRESET_PARTS]
     if unknown:
-        raise ValueError(f"unknown method(s) {unknown} for compare; known presets: {', '.join(sorted(PRESETS))}")
+        raise ValueError(f"unknown method(s) {unknown} for compare; known presets: {', '.join(sorted(PRESET_PARTS))}")
     if len(set(methods)) != len(methods):
         raise ValueError(f"methods repeat: {methods}")
     if args.seeds < 1:
@@ -81,11 +88,14 @@ def plan(args: CompareArgs) -> list[TrainConfig]:
     bad = sorted(set(overrides) - allowed)
     if bad:
         raise ValueError(f"--set cannot change {bad}; allowed fields: {sorted(allowed)}")
+    grid = plan_grid(methods, args.recipe)
     runs = []
     for method in methods:
         for seed in range(args.seeds):
+            fields = {**grid.fields[method], **overrides}
             cfg = replace(
-                base_config(method),
+                TrainConfig(),
+                **fields,
                 model=args.model or "",
                 task=args.task,
                 steps=args.steps,
@@ -95,10 +105,35 @@ def plan(args: CompareArgs) -> list[TrainConfig]:
                 eval_every=args.eval_every,
                 progress=False,
                 log_to=args.log_to,
-                **overrides,
+                preset=method,
             )
             runs.append(cfg)
-    return runs
+    first = {m: next(r for r in runs if r.preset == m).to_json() for m in methods}
+    diff = differences(first)
+    check_fair(diff, {m: m for m in methods}, args.allow_unequal)
+    return runs, {"recipe": grid.recipe, "notes": list(grid.notes), "differences": diff}
+
+
+def show_plan(plan_info: dict[str, Any], out: Path) -> None:
+    """Print and save (``CMP/grid.json``) the recipe, what was applied to every run, and the differences table."""
+    from rich.console import Console
+    from rich.table import Table
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "grid.json").write_text(json.dumps(plan_info, indent=2, default=list))
+    console = Console()
+    console.print(f"recipe: {plan_info['recipe']}'s (shared by every run)")
+    for note in plan_info["notes"]:
+        console.print(f"note: {note}")
+    diff = plan_info["differences"]
+    if diff:
+        methods = list(next(iter(diff.values())))
+        t = Table(title="config fields that differ between runs (each from the method's own part)")
+        for col in ("field", *methods):
+            t.add_column(col)
+        for key, values in diff.items():
+            t.add_row(key.removeprefix("options:"), *(str(values[m]) for m in methods))
+        console.print(t)
 
 
 def run_status(run: Path) -> str:
@@ -133,13 +168,15 @@ def compare(args: CompareArgs) -> Path:
     from entrolab.report import render_report
     from entrolab.tasks import make_task
 
-    runs = plan(args)  # every bad name or value fails here, before any work
+    runs, info = plan(args)  # every bad name or value, and every unfair difference, fails here, before any work
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    show_plan(info, out)
     model = args.model or str(cached_base(make_task(args.task, seed=0), PretrainConfig(), args.cache))
     runs = [replace(r, model=model) for r in runs]
     (out / "compare.json").write_text(
-        json.dumps({**vars(args), "model": model, "set": list(args.set), "log_to": list(args.log_to)}, indent=2)
+        json.dumps(
+            {**vars(args), "model": model, "set": list(args.set), "log_to": list(args.log_to)}, indent=2, default=list
+        )
     )
     write_base_eval(runs[0], out / "base_eval.json")
     workers = args.workers or max(1, (os.cpu_count() or 1) // args.threads)

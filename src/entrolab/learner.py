@@ -18,7 +18,16 @@ from entrolab.batch import TokenBatch
 from entrolab.kinds import Backend
 from entrolab.ops import discriminator_baseline_from_logits
 from entrolab.rollout import teacher_forced
-from entrolab.update import Counts, Methods, accumulate, apply_filters, compose, minibatch_stats, slice_stats
+from entrolab.update import (
+    Counts,
+    Methods,
+    accumulate,
+    apply_filters,
+    compose,
+    minibatch_stats,
+    scale_warnings,
+    slice_stats,
+)
 
 # Per-token quantities recorded while sampling for the methods that need them (``generate(extras=...)``).
 ROLLOUT_EXTRAS = {"vocab_baseline": discriminator_baseline_from_logits}
@@ -130,18 +139,20 @@ def guarded_step(model, opt: torch.optim.Optimizer, sched: Any, loss_finite: boo
 
 def ppo_update(
     model, opt, sched, methods: Methods, batch: TokenBatch, cfg, gen: torch.Generator, streak: int, step: int
-) -> tuple[dict[str, float], list[float], int]:
+) -> tuple[dict[str, float], list[float], int, dict[str, str]]:
     """``cfg.ppo_epochs`` passes over the batch in ``cfg.minibatches`` shuffled minibatches: filters, then
     forward/backward per micro-batch through the composer, then a guarded optimizer step per minibatch.
 
     -> (metrics averaged over the optimizer steps, with ``update/skipped_nonfinite`` = steps skipped; the
-    gradient norm of each optimizer step; the updated count of consecutive skipped steps). A skipped step
-    prints a warning naming the training step and the non-finite quantity.
+    gradient norm of each optimizer step; the updated count of consecutive skipped steps; the scale warnings
+    of methods whose selection is degenerate at this size, also logged as ``scale/<method>_degenerate``). A
+    skipped step prints a warning naming the training step and the non-finite quantity.
     """
     norm_len = float(cfg.norm_len or cfg.max_new_tokens)
     sums: dict[str, float] = {}
     grad_norms: list[float] = []
     skipped = 0
+    warnings: dict[str, str] = {}
     b = len(batch)
     size = b // cfg.minibatches
     for _epoch in range(cfg.ppo_epochs):
@@ -150,6 +161,7 @@ def ppo_update(
             part = batch.select(order[k * size : (k + 1) * size])
             part, fm = apply_filters(methods, part, cfg.micro_batch_size, gen)
             accumulate(sums, fm, 1.0)
+            warnings.update(scale_warnings(methods, part, cfg.micro_batch_size))
             mm, finite = minibatch_backward(
                 model,
                 methods,
@@ -173,7 +185,8 @@ def ppo_update(
                 )
     metrics = {k: v / (cfg.ppo_epochs * cfg.minibatches) for k, v in sums.items()}
     metrics["update/skipped_nonfinite"] = float(skipped)
-    return metrics, grad_norms, streak
+    metrics.update({f"scale/{name}_degenerate": 1.0 for name in warnings})
+    return metrics, grad_norms, streak, warnings
 
 
 @torch.no_grad()

@@ -1,94 +1,159 @@
-"""Presets: each a paper's recipe, a named choice per axis plus hyper-parameters, never a special code path.
+"""Presets: each a paper's method plus the recipe it was trained with, kept apart. Pure data (imports nothing of
+entrolab); ``entrolab.config.base_config`` applies a preset under the TOML file and the flags.
 
-Pure data (imports nothing of entrolab): ``entrolab.config.base_config`` applies a preset under the TOML file and
-the flags.
+- The **method part** is what the paper changes relative to its baseline: axis choices and their options
+  (Dr.GRPO: its advantage and aggregation; DAPO: clip-higher, token-mean and overlong filtering; Clip-Cov: its
+  policy loss and options; 80/20: its token filter).
+- The **recipe** is everything else: epochs, minibatches, micro-batch size, learning rate and schedule, warm-up,
+  group size, prompts per step, temperature, length budget, and the aggregation and clip range unless the method
+  declares them. A recipe option of ``ppo_clip`` (the clip range) applies to whichever policy loss a run uses,
+  where that loss has the same field.
+- **Needs**: a recipe setting without which the method cannot act at all (KL-Cov's term is exactly 0 on a purely
+  on-policy pass, so it needs minibatches > 1). ``entrolab compare`` applies a method's needs to every run of
+  the grid, and says so.
+
+``entrolab train --preset X`` applies both parts (``PRESETS[X]``, the recipe with the method on top), as before.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
+# The TrainConfig fields that choose methods; every other field of a preset is recipe.
+METHOD_FIELDS = ("advantage", "policy_loss", "aggregation", "reward_shapers", "token_filters", "regularizers")
+METHOD_FIELDS += ("schedules", "options")
+# What a preset leaves unset is the baseline's: these values, so presets never inherit each other's choices.
+BASELINE = dict(
+    advantage="grpo",
+    policy_loss="ppo_clip",
+    aggregation="token-mean",
+    reward_shapers=(),
+    token_filters=(),
+    regularizers=(),
+    schedules=(),
+    options=(),
+)
 
-# A preset is a paper's recipe: a named choice per axis plus hyper-parameters, never a special code path.
-def _recipe(advantage: str = "grpo", policy_loss: str = "ppo_clip", aggregation: str = "token-mean", **kw: Any) -> dict:
-    """A preset sets every axis (unset ones to nothing), so presets never inherit each other's choices."""
-    axes = dict(reward_shapers=(), token_filters=(), regularizers=(), schedules=(), options=())
-    return dict(advantage=advantage, policy_loss=policy_loss, aggregation=aggregation, **{**axes, **kw})
+
+@dataclass(frozen=True)
+class Need:
+    """A recipe setting a method needs to act at all: ``field`` must satisfy ``ok``, else the grid uses ``value``."""
+
+    field: str
+    ok: Callable[[Any], bool]
+    value: Any
+    why: str
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A paper's method part and the recipe it was trained with (TrainConfig fields; options as 'method.field=v')."""
+
+    method: dict[str, Any]
+    recipe: dict[str, Any] = field(default_factory=dict)
+    needs: tuple[Need, ...] = ()
+
+    def full(self) -> dict[str, Any]:
+        """The TrainConfig fields ``--preset`` sets: the baseline, the recipe, then the method on top."""
+        out = {**BASELINE, **{k: v for k, v in self.recipe.items() if k != "options"}}
+        out.update({k: v for k, v in self.method.items() if k != "options"})
+        out["options"] = (*self.recipe.get("options", ()), *self.method.get("options", ()))
+        return out
+
+    def recipe_fields(self) -> dict[str, Any]:
+        """The recipe alone (the baseline's aggregation unless the recipe names one), for a grid's shared recipe."""
+        return {"aggregation": BASELINE["aggregation"], **self.recipe}
 
 
 DAPO_CLIP = ("ppo_clip.eps_low=0.2", "ppo_clip.eps_high=0.28")
-PRESETS: dict[str, dict[str, Any]] = {
+DAPO_RECIPE = dict(options=(*DAPO_CLIP, "ppo_clip.dual_clip_c=10.0"))  # DAPO's clip range and a dual clip
+ON_POLICY_NEED = Need(
+    "minibatches", lambda v: v > 1, 4, "its term acts through log pi - log pi_old, exactly 0 on a purely on-policy pass"
+)
+PRESET_PARTS: dict[str, Preset] = {
     # DeepSeekMath (arXiv:2402.03300) eq. 3, without the KL term (beta = 0, as TRL's default)
-    "grpo": _recipe(aggregation="seq-mean-token-mean"),
+    "grpo": Preset(method=dict(advantage="grpo"), recipe=dict(aggregation="seq-mean-token-mean")),
     # Understanding R1-Zero-Like Training (arXiv:2503.20783): no std, no length normalisation
-    "dr_grpo": _recipe(advantage="dr_grpo", aggregation="seq-mean-token-sum-norm"),
-    # DAPO (arXiv:2503.14476): clip-higher, token-level mean, overlong filtering
-    "dapo": _recipe(token_filters=("overlong_filter",), options=DAPO_CLIP),
+    "dr_grpo": Preset(method=dict(advantage="dr_grpo", aggregation="seq-mean-token-sum-norm")),
+    # DAPO (arXiv:2503.14476): clip-higher, token-level mean, overlong filtering (dynamic sampling: issue 15)
+    "dapo": Preset(method=dict(aggregation="token-mean", token_filters=("overlong_filter",), options=DAPO_CLIP)),
     # Back to Basics (arXiv:2402.14740): leave-one-out baseline
-    "rloo": _recipe(advantage="rloo", aggregation="seq-mean-token-mean"),
-    # --- entropy control, wave 1 -----------------------------------------------------------------------
+    "rloo": Preset(method=dict(advantage="rloo"), recipe=dict(aggregation="seq-mean-token-mean")),
+    # --- entropy control ------------------------------------------------------------------------------------
     # a static entropy bonus (the standard baseline of every entropy paper)
-    "entropy_bonus": _recipe(regularizers=("entropy_bonus",), options=("entropy_bonus.coef=0.001",)),
+    "entropy_bonus": Preset(method=dict(regularizers=("entropy_bonus",), options=("entropy_bonus.coef=0.001",))),
     # Skywork-OR1 (arXiv:2505.22312): entropy bonus whose coefficient tracks a target entropy
-    "skywork_or1": _recipe(
-        regularizers=("entropy_bonus",), schedules=("adaptive_entropy",), options=("entropy_bonus.coef=0.0",)
+    "skywork_or1": Preset(
+        method=dict(
+            regularizers=("entropy_bonus",), schedules=("adaptive_entropy",), options=("entropy_bonus.coef=0.0",)
+        )
     ),
-    # The Entropy Mechanism (arXiv:2505.22617): Clip-Cov / KL-Cov. Both act through log pi - log pi_old, so the
-    # update is split into 4 minibatches (KL-Cov's term is exactly 0 on a purely on-policy pass).
-    "clip_cov": _recipe(
-        policy_loss="clip_cov",
-        minibatches=4,
-        options=("clip_cov.ratio=0.0002", "clip_cov.cov_lb=1.0", "clip_cov.cov_ub=5.0"),
+    # The Entropy Mechanism (arXiv:2505.22617): Clip-Cov / KL-Cov, trained with 4 minibatches per rollout (the
+    # recipe); KL-Cov needs more than one to act at all.
+    "clip_cov": Preset(
+        method=dict(
+            policy_loss="clip_cov", options=("clip_cov.ratio=0.0002", "clip_cov.cov_lb=1.0", "clip_cov.cov_ub=5.0")
+        ),
+        recipe=dict(minibatches=4),
     ),
-    "kl_cov": _recipe(policy_loss="kl_cov", minibatches=4, options=("kl_cov.ratio=0.002", "kl_cov.coef=1.0")),
-    # Beyond the 80/20 Rule (arXiv:2506.01939): DAPO clip, gradients through the top-20 % entropy tokens only
-    "forking_tokens": _recipe(
-        token_filters=("forking_tokens",), options=(*DAPO_CLIP, "ppo_clip.dual_clip_c=10.0", "forking_tokens.rho=0.2")
+    "kl_cov": Preset(
+        method=dict(policy_loss="kl_cov", options=("kl_cov.ratio=0.002", "kl_cov.coef=1.0")),
+        recipe=dict(minibatches=4),
+        needs=(ON_POLICY_NEED,),
     ),
-    "low_entropy_tokens": _recipe(
-        token_filters=("low_entropy_tokens",),
-        options=(*DAPO_CLIP, "ppo_clip.dual_clip_c=10.0", "low_entropy_tokens.rho=0.8"),
+    # Beyond the 80/20 Rule (arXiv:2506.01939): on DAPO's recipe, gradients through the top-20 % entropy tokens
+    "forking_tokens": Preset(
+        method=dict(token_filters=("forking_tokens",), options=("forking_tokens.rho=0.2",)), recipe=DAPO_RECIPE
+    ),
+    "low_entropy_tokens": Preset(
+        method=dict(token_filters=("low_entropy_tokens",), options=("low_entropy_tokens.rho=0.8",)), recipe=DAPO_RECIPE
     ),
     # On the Entropy Dynamics in RFT (arXiv:2602.03392): GRPO + discriminator clipping, Clip_B and Clip_V
-    "clip_b": _recipe(token_filters=("discriminator_clip",), options=("discriminator_clip.variant='B'",)),
-    "clip_v": _recipe(token_filters=("discriminator_clip",), options=("discriminator_clip.variant='V'",)),
+    "clip_b": Preset(method=dict(token_filters=("discriminator_clip",), options=("discriminator_clip.variant='B'",))),
+    "clip_v": Preset(method=dict(token_filters=("discriminator_clip",), options=("discriminator_clip.variant='V'",))),
     # Rethinking Entropy Interventions (arXiv:2510.10150): STEER token reweighting
-    "steer": _recipe(policy_loss="steer"),
-    # Rethinking Entropy Regularization (arXiv:2509.25133): SIREN, self-anchored top-p peak entropy
-    "siren": _recipe(
-        advantage="dr_grpo",
-        aggregation="seq-mean-token-sum-norm",
-        regularizers=("siren",),
-        schedules=("siren_anchor",),
-        options=(
-            "ppo_clip.eps_low=0.28",
-            "ppo_clip.eps_high=0.28",
-            "siren.coef=0.005",
-            "siren.top_p=0.8",
-            "siren.quantile=0.8",
+    "steer": Preset(method=dict(policy_loss="steer")),
+    # Rethinking Entropy Regularization (arXiv:2509.25133): SIREN on a Dr.GRPO base, self-anchored top-p entropy
+    "siren": Preset(
+        method=dict(
+            advantage="dr_grpo",
+            aggregation="seq-mean-token-sum-norm",
+            regularizers=("siren",),
+            schedules=("siren_anchor",),
+            options=("siren.coef=0.005", "siren.top_p=0.8", "siren.quantile=0.8"),
         ),
+        recipe=dict(options=("ppo_clip.eps_low=0.28", "ppo_clip.eps_high=0.28")),
     ),
     # EPO (arXiv:2509.22576): entropy bonus + smoothing corridor with phase-based weighting
-    "epo": _recipe(
-        regularizers=("epo",),
-        schedules=("epo_phase",),
-        options=("epo.coef=0.001", "epo.low_ratio=0.0", "epo.high_ratio=2.0"),
+    "epo": Preset(
+        method=dict(
+            regularizers=("epo",),
+            schedules=("epo_phase",),
+            options=("epo.coef=0.001", "epo.low_ratio=0.0", "epo.high_ratio=2.0"),
+        )
     ),
     # AEPO (arXiv:2510.14545): entropy-balanced clipping with stop-gradient + entropy-aware advantage weight
-    "aepo": _recipe(policy_loss="aepo", token_filters=("aepo_entropy_advantage",)),
+    "aepo": Preset(method=dict(policy_loss="aepo", token_filters=("aepo_entropy_advantage",))),
     # Light-IF (arXiv:2508.03178): TEA-RL entropy-weighted bonus with a k3 KL to the reference
-    "tea_rl": _recipe(regularizers=("tea_rl", "kl"), options=("kl.coef=0.001", "kl.estimator='k3'")),
+    "tea_rl": Preset(method=dict(regularizers=("tea_rl", "kl"), options=("kl.coef=0.001", "kl.estimator='k3'"))),
     # SAFE: entropy-gated KL with PID-controlled thresholds (code ryyzn9/SAFE)
-    "safe": _recipe(
-        regularizers=("safe", "entropy_bonus"), schedules=("safe_pid",), options=("entropy_bonus.coef=0.01",)
+    "safe": Preset(
+        method=dict(
+            regularizers=("safe", "entropy_bonus"), schedules=("safe_pid",), options=("entropy_bonus.coef=0.01",)
+        )
     ),
-    # SPEAR (arXiv:2509.22601): Dr.BoT update with covariance-based token clipping
-    "spear": _recipe(
-        advantage="dr_grpo",
-        aggregation="seq-mean-token-sum-norm",
-        token_filters=("overlong_filter", "spear_cov_clip"),
-        options=(*DAPO_CLIP, "ppo_clip.dual_clip_c=10.0"),
+    # SPEAR (arXiv:2509.22601): Dr.BoT update (on DAPO's clip) with covariance-based token clipping
+    "spear": Preset(
+        method=dict(
+            advantage="dr_grpo",
+            aggregation="seq-mean-token-sum-norm",
+            token_filters=("overlong_filter", "spear_cov_clip"),
+        ),
+        recipe=DAPO_RECIPE,
     ),
 }
+PRESETS: dict[str, dict[str, Any]] = {name: p.full() for name, p in PRESET_PARTS.items()}
 
-__all__ = ["DAPO_CLIP", "PRESETS"]
+__all__ = ["BASELINE", "DAPO_CLIP", "METHOD_FIELDS", "PRESETS", "PRESET_PARTS", "Need", "Preset"]

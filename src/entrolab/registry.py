@@ -41,6 +41,9 @@ class Entry:
     # both are checked at start-up against the run's methods and metrics
     sets: Callable[[Any], tuple[str, ...]] | None = None
     reads: Callable[[Any], tuple[str, ...]] | None = None
+    # (cfg, n) -> a warning when the method's selection is degenerate among n tokens (a budget of one token,
+    # a fraction that keeps everything or nothing), else None; the trainer checks it every minibatch
+    scale: Callable[[Any, int], str | None] | None = None
 
     def make_config(self, overrides: dict[str, Any] | None = None) -> Any:
         """The method's frozen config with ``overrides`` applied; unknown keys raise, naming the allowed ones."""
@@ -78,6 +81,7 @@ def register(
     state: tuple[str, ...] = (),
     sets: Callable[[Any], tuple[str, ...]] | None = None,
     reads: Callable[[Any], tuple[str, ...]] | None = None,
+    scale: Callable[[Any, int], str | None] | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator: register ``fn`` under ``axis``/``name``. The summary defaults to the docstring's first line."""
     _check_axis(axis)
@@ -104,6 +108,7 @@ def register(
             state=tuple(state),
             sets=sets,
             reads=reads,
+            scale=scale,
         )
         return fn
 

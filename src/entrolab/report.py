@@ -658,6 +658,31 @@ _CURVES = (  # (panels of (metric key, y label), section name) of the step-curve
 )
 
 
+def _grid_html(root: Path) -> str:
+    """The grid's shared recipe, what was applied to every run, the fields that differ, and scale warnings."""
+    info = _read_json(root / "grid.json")
+    if not info:
+        return ""
+    out = f"<h3>Recipe</h3><p>Every run shares the recipe of <code>{html.escape(str(info['recipe']))}</code>.</p>"
+    out += "".join(f'<p class="note">{html.escape(n)}</p>' for n in info.get("notes", []))
+    diff = info.get("differences") or {}
+    if diff:
+        methods = list(next(iter(diff.values())))
+        rows = [
+            [k.removeprefix("options:"), *("–" if v[m] is None else str(v[m]) for m in methods)]
+            for k, v in diff.items()
+        ]
+        out += "<p>Config fields that differ between runs (each from a method's own part):</p>"
+        out += _table(["field", *methods], rows)
+    warnings = []
+    for sdir in sorted(root.glob("*/seed*")):
+        for w in (_read_json(sdir / "scale_warnings.json") or {}).get("warnings", []):
+            warnings.append(f"{sdir.parent.name}: {w}")
+    for w in dict.fromkeys(warnings):  # once per method and text
+        out += f'<p class="note">scale warning, {html.escape(w)}</p>'
+    return out
+
+
 def render_report(cmp_dir: str | Path, *, title: str | None = None) -> Path:
     """Render ``cmp_dir/report.html`` and ``cmp_dir/plots/*.png`` from a comparison folder; returns the HTML path.
 
@@ -717,6 +742,7 @@ def render_report(cmp_dir: str | Path, *, title: str | None = None) -> Path:
         "Bold: the highest mean among the methods (entropy is not ranked). Answer entropy: Shannon entropy of the "
         "extracted final answers per prompt (format errors one shared answer), next to the token entropy.</p>"
         + _table(header, rows, bold)
+        + _grid_html(cmp.root)
     )
     for name, heading, build, caption in sections:
         fig, text, sec_notes = build()

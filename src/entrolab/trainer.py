@@ -39,13 +39,13 @@ from entrolab.evaluate import decode_completions, evaluate
 from entrolab.jsonio import append_jsonl, truncate_after, write_json_atomic
 from entrolab.learner import ROLLOUT_EXTRAS, lr_factor, ppo_update, probe_entropy_change, reference_logp
 from entrolab.models import load_policy, save_policy
-from entrolab.ops import Groups, masked_mean
 from entrolab.progress import Progress
 from entrolab.rewards import RewardPool, load_reward_fn
 from entrolab.rollout import generate
 from entrolab.runfolder import claim_run_folder
 from entrolab.signals import StopFlag
 from entrolab.sinks import make_sinks
+from entrolab.stepstats import fill_errored, seed_everything, step_metrics
 from entrolab.update import Methods
 
 # Keys the trainer itself logs every step (methods add theirs); what a schedule may read is checked against them.
@@ -95,7 +95,7 @@ def _loop(cfg, run, resume, model, tokenizer, ref_model, task, methods, pool, lo
         opt, lambda s: lr_factor(s, total_opt_steps, cfg.warmup_steps, cfg.lr_schedule)
     )
     gen = torch.Generator().manual_seed(cfg.seed)
-    _seed_everything(cfg.seed)
+    seed_everything(cfg.seed)
     eval_kw = dict(
         backend=cfg.backend,
         samples=cfg.eval_samples,
@@ -106,7 +106,7 @@ def _loop(cfg, run, resume, model, tokenizer, ref_model, task, methods, pool, lo
     )
     metrics_path = run / "metrics.jsonl"
     sinks = make_sinks(cfg.log_to, run, cfg.to_json())
-    s: dict[str, Any] = {"step": 0, "position": 0, "elapsed": 0.0, "streak": 0, "observed": {}}
+    s: dict[str, Any] = {"step": 0, "position": 0, "elapsed": 0.0, "streak": 0, "observed": {}, "scale_warnings": {}}
     s["schedule_state"] = {e.name: {} for e, _ in methods.schedules}
     if resume:
         ckpt, path = load_checkpoint(run, log=log)
@@ -176,7 +176,7 @@ def _loop(cfg, run, resume, model, tokenizer, ref_model, task, methods, pool, lo
                     file=sys.stderr,
                 )
             batch = batch.replace(loss_mask=batch.attention_mask * (~scores.errored).float().unsqueeze(-1))
-            rewards = _fill_errored(scores.reward, scores.errored, batch.group_id)  # [B]
+            rewards = fill_errored(scores.reward, scores.errored, batch.group_id)  # [B]
             for entry, rcfg in step_methods.shapers:
                 rewards, sm = entry.fn(
                     rewards,
@@ -200,16 +200,20 @@ def _loop(cfg, run, resume, model, tokenizer, ref_model, task, methods, pool, lo
             t2 = time.perf_counter()
             # --- PPO updates over minibatches: compose -> backward -> guarded step ----------------------
             model.train()
-            um, grad_norms, s["streak"] = ppo_update(
+            um, grad_norms, s["streak"], warns = ppo_update(
                 model, opt, sched, step_methods, batch, cfg, gen, s["streak"], step
             )
             m.update(um)
+            for name in sorted(set(warns) - set(s["scale_warnings"])):  # said once per method, kept with the run
+                s["scale_warnings"][name] = warns[name]
+                print(f"warning: step {step}: {warns[name]}", file=sys.stderr)
+                write_json_atomic(run / "scale_warnings.json", {"warnings": list(s["scale_warnings"].values())})
             t_probe = time.perf_counter()  # the entropy change on the same states, after the update
             m.update(probe_entropy_change(model, batch, cfg.entropy_probe, cfg.temperature, cfg.backend))
             t3 = time.perf_counter()
             m["time/entropy_probe"] = t3 - t_probe
             # --- log -----------------------------------------------------------------------------------
-            m.update(_step_metrics(batch, scores, rewards, grad_norms, sched.get_last_lr()[0]))
+            m.update(step_metrics(batch, scores, rewards, grad_norms, sched.get_last_lr()[0]))
             m.update({"time/rollout": t1 - t0, "time/reward": t2 - t1, "time/update": t3 - t2, "time/step": t3 - t0})
             m["throughput/tokens_per_s"] = float(batch.attention_mask.sum()) / (t3 - t0)
             if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
@@ -253,47 +257,6 @@ def _loop(cfg, run, resume, model, tokenizer, ref_model, task, methods, pool, lo
     }
     write_json_atomic(run / "summary.json", summary)
     return summary
-
-
-def _seed_everything(seed: int) -> None:
-    import random
-
-    import numpy as np
-
-    torch.manual_seed(seed)
-    random.seed(seed)
-    np.random.seed(seed)
-
-
-def _step_metrics(batch: TokenBatch, scores, rewards, grad_norms: list[float], lr: float) -> dict[str, float]:
-    """The trainer's own per-step metrics (rewards, rollout entropy, lengths, gradient norm, learning rate)."""
-    attn = batch.attention_mask
-    return {
-        "reward/mean": float(scores.reward.mean()),
-        "reward/std": float(scores.reward.std()),
-        "reward/shaped_mean": float(rewards.mean()),
-        "reward/accuracy": float(scores.right.float().mean()),
-        "reward/format_error": float(scores.format_error.float().mean()),
-        "reward/errors": float(scores.errored.sum()),
-        "reward/timeouts": float(scores.timed_out.sum()),
-        "entropy/token_mean": float(masked_mean(batch.old_entropy, attn)),
-        "entropy/sampled_nll": float(masked_mean(-batch.old_logp, attn)),
-        "len/mean": float(batch.lengths.float().mean()),
-        "len/max": float(batch.lengths.max()),
-        "len/truncated_frac": float(batch.truncated.float().mean()),
-        "grad_norm": sum(grad_norms) / len(grad_norms),
-        "lr": lr,
-    }
-
-
-def _fill_errored(rewards: torch.Tensor, errored: torch.Tensor, group_id: torch.Tensor) -> torch.Tensor:
-    """Set errored samples' rewards to the mean of the valid ones of their group (0 if none is valid).  [B]"""
-    if not bool(errored.any()):
-        return rewards
-    groups = Groups(group_id)
-    r, e = groups.grid(rewards), groups.grid(errored)  # [P, G]
-    mean = masked_mean(r, ~e, dim=1).unsqueeze(1)  # [P, 1]
-    return groups.rows(torch.where(e, mean, r))
 
 
 __all__ = ["TRAINER_METRICS", "NonFiniteError", "train"]

@@ -331,6 +331,22 @@ def compose(
     return total, metrics
 
 
+def scale_warnings(methods: Methods, batch: TokenBatch, micro_batch_size: int | None = None) -> dict[str, str]:
+    """Methods whose selection is degenerate at this minibatch's size (their registered ``scale`` hook): method
+    name -> the warning, e.g. ``clip_cov selects 1 of 2,048 tokens (ratio 0.0002; ...) per minibatch``."""
+    out = {}
+    n_rows = len(batch)
+    for entry, cfg in methods.trained():
+        if entry.scale is None:
+            continue
+        per_micro = scope(cfg) == "micro_batch" and micro_batch_size is not None and micro_batch_size < n_rows
+        n = int(batch.loss_mask[:micro_batch_size].sum()) if per_micro else int(batch.loss_mask.sum())
+        warning = entry.scale(cfg, n)
+        if warning:
+            out[entry.name] = f"{warning} per {'micro-batch' if per_micro else 'minibatch'}"
+    return out
+
+
 def accumulate(sums: dict[str, float], metrics: Mapping[str, Any], weight: float) -> None:
     """``sums[k] += metrics[k] * weight`` for every key (tensors read as floats)."""
     for k, v in metrics.items():
@@ -345,5 +361,6 @@ __all__ = [
     "apply_filters",
     "compose",
     "minibatch_stats",
+    "scale_warnings",
     "slice_stats",
 ]

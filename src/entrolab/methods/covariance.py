@@ -28,6 +28,17 @@ def _budget(ratio: float, n_valid: int) -> int:
     return max(int(ratio * n_valid), 1) if ratio > 0 and n_valid > 0 else 0
 
 
+def budget_warning(name: str, ratio: float, n_valid: int) -> str | None:
+    """A warning when floor(ratio * N) < 1, so the floor of one token is all the method selects (nearly off)."""
+    if ratio <= 0 or n_valid <= 0 or int(ratio * n_valid) >= 1:
+        return None
+    return f"{name} selects 1 of {n_valid:,} tokens (ratio {ratio:g}; ratio * N < 1: the method is nearly off)"
+
+
+def _scale(name: str):
+    return lambda cfg, n: budget_warning(name, cfg.ratio, n)
+
+
 @dataclass(frozen=True)
 class ClipCovConfig:
     """Options of Clip-Cov (the policy loss and the token filter share them)."""
@@ -96,6 +107,7 @@ def clip_cov_stats(
     metrics=("clip/frac_cov", "clip/frac_ppo", "cov/logp_adv", "ratio/mean", "kl/approx_old"),
     needs=("generator",),
     stats=clip_cov_stats,
+    scale=_scale("clip_cov"),
 )
 def clip_cov(
     logp: torch.Tensor,
@@ -188,6 +200,7 @@ def clip_cov(
     metrics=("filter/frac_cov_detached",),
     needs=("generator",),
     stats=clip_cov_stats,
+    scale=_scale("clip_cov"),
 )
 def clip_cov_filter(
     mask: torch.Tensor,
@@ -283,6 +296,7 @@ def kl_cov_stats(
     paper="arXiv:2505.22617",
     metrics=("kl/frac_cov", "kl/abs_log_ratio", "cov/logp_adv", "ratio/mean"),
     stats=kl_cov_stats,
+    scale=_scale("kl_cov"),
 )
 def kl_cov(
     logp: torch.Tensor,

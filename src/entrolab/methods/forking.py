@@ -67,6 +67,20 @@ class LowEntropyTokensConfig:
         _check("low_entropy_tokens", self.rho, self.selection, self.drop, self.scope)
 
 
+def fraction_warning(cfg, n_valid: int) -> str | None:
+    """A warning when the kept fraction is degenerate among N tokens: rho * N < 1 (the floor of one token is the
+    whole selection) or a selection that keeps every token or none."""
+    name = "low_entropy_tokens" if isinstance(cfg, LowEntropyTokensConfig) else "forking_tokens"
+    rho = cfg.rho
+    if n_valid <= 0:
+        return None
+    if rho >= 1.0 or rho <= 0.0:
+        return f"{name} with rho={rho:g} keeps {'every token' if rho >= 1 else 'no token'}: it is no filter"
+    if rho * n_valid < 1.0:
+        return f"{name} keeps 1 of {n_valid:,} tokens (rho {rho:g}; rho * N < 1)"
+    return None
+
+
 def forking_stats(
     *, mask: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, entropy: torch.Tensor, cfg
 ) -> dict[str, torch.Tensor]:
@@ -100,6 +114,7 @@ def _apply(mask: torch.Tensor, kept: torch.Tensor, drop: str, tau: torch.Tensor)
     paper="arXiv:2506.01939",
     metrics=("filter/frac_kept", "filter/entropy_threshold"),
     stats=forking_stats,
+    scale=lambda cfg, n: fraction_warning(cfg, n),
 )
 def forking_tokens(
     mask: torch.Tensor,
@@ -153,6 +168,7 @@ def forking_tokens(
     paper="arXiv:2506.01939",
     metrics=("filter/frac_kept", "filter/entropy_threshold"),
     stats=forking_stats,
+    scale=lambda cfg, n: fraction_warning(cfg, n),
 )
 def low_entropy_tokens(
     mask: torch.Tensor,

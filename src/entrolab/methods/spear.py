@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from entrolab import ops
+from entrolab.methods.covariance import budget_warning
 from entrolab.registry import register
 
 
@@ -43,6 +44,7 @@ class SpearCovClipConfig:
     paper="arXiv:2509.22601",
     metrics=("filter/frac_cov_detached",),
     needs=("generator",),
+    scale=lambda cfg, n: budget_warning("spear_cov_clip", cfg.ratio, n),
 )
 def spear_cov_clip(
     mask: torch.Tensor,

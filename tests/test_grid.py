@@ -123,3 +123,19 @@ def test_scale_warnings_name_the_degenerate_selection():
     }
     assert scale_warnings(methods, batch, micro_batch_size=2)["clip_cov"].endswith("1 of 1,024 tokens (ratio "
         "0.0002; ratio * N < 1: the method is nearly off) per micro-batch")  # fmt: skip
+
+
+def test_a_variant_adds_options_to_the_method_part_for_a_sweep():
+    runs, info = grid("clip_cov,clip_cov@clip_cov.ratio=0.002")
+    by = {r.out.split("/")[-2]: r for r in runs if r.seed == 0}
+    assert by["clip_cov@clip_cov.ratio=0.002"].method_options()["clip_cov"]["ratio"] == 0.002
+    assert by["clip_cov"].method_options()["clip_cov"]["ratio"] == 0.0002
+    assert by["clip_cov@clip_cov.ratio=0.002"].preset == "clip_cov"
+    assert info["differences"]["options:policy_loss.ratio"] == {
+        "clip_cov": "0.0002",
+        "clip_cov@clip_cov.ratio=0.002": "0.002",
+    }
+    with pytest.raises(ValueError, match=r"must look like 'method.field=value'"):
+        grid("clip_cov@ratio")
+    with pytest.raises(ValueError, match="which this run does not use"):
+        grid("grpo@kl_cov.ratio=0.1")

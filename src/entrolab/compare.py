@@ -37,7 +37,8 @@ class CompareArgs:
     out: str
     """Comparison folder."""
     methods: str = "grpo,clip_cov,kl_cov,forking_tokens"
-    """Comma-separated preset names (see `entrolab methods` for the presets)."""
+    """Comma-separated preset names (see `entrolab methods`), or variants PRESET@method.field=value for a sweep
+    (e.g. clip_cov@clip_cov.ratio=0.002)."""
     task: str = "arithmetic"
     """Task name."""
     seeds: int = 3
@@ -71,7 +72,7 @@ def plan(args: CompareArgs) -> tuple[list[TrainConfig], dict[str, Any]]:
     """The run configs of the grid, validated before any work starts, and the grid's description: the shared
     recipe, what was applied to every run (a method's needs), and the table of fields that differ."""
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in PRESET_PARTS]
+    unknown = [m for m in methods if m.split("@")[0] not in PRESET_PARTS]
     if unknown:
         raise ValueError(f"unknown method(s) {unknown} for compare; known presets: {', '.join(sorted(PRESET_PARTS))}")
     if len(set(methods)) != len(methods):
@@ -105,10 +106,10 @@ def plan(args: CompareArgs) -> tuple[list[TrainConfig], dict[str, Any]]:
                 eval_every=args.eval_every,
                 progress=False,
                 log_to=args.log_to,
-                preset=method,
+                preset=method.split("@")[0],
             )
             runs.append(cfg)
-    first = {m: next(r for r in runs if r.preset == m).to_json() for m in methods}
+    first = {m: next(r for r in runs if Path(r.out).parent.name == m).to_json() for m in methods}
     diff = differences(first)
     check_fair(diff, {m: m for m in methods}, args.allow_unequal)
     return runs, {"recipe": grid.recipe, "notes": list(grid.notes), "differences": diff}
@@ -121,7 +122,7 @@ def show_plan(plan_info: dict[str, Any], out: Path) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "grid.json").write_text(json.dumps(plan_info, indent=2, default=list))
-    console = Console()
+    console = Console(width=max(120, 24 + 16 * len(next(iter(plan_info["differences"].values()), []))))
     console.print(f"recipe: {plan_info['recipe']}'s (shared by every run)")
     for note in plan_info["notes"]:
         console.print(f"note: {note}")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from entrolab import catalogue
-from entrolab.presets import BASELINE, METHOD_FIELDS, PRESET_PARTS
+from entrolab.presets import BASELINE, METHOD_FIELDS, PRESET_PARTS, Preset
 
 # Fields that differ between runs by design of the grid, never compared.
 PER_RUN = ("out", "seed", "preset")
@@ -56,17 +56,32 @@ def _recipe_options(items: Sequence[str], policy_loss: str, notes: list[str], me
     return out
 
 
+def preset_of(name: str) -> Preset:
+    """The preset ``name``, or a variant ``PRESET@method.field=value[@...]``: the preset with those options added
+    to its method part (e.g. ``clip_cov@clip_cov.ratio=0.002`` for a ratio sweep)."""
+    base, *extra = name.split("@")
+    if base not in PRESET_PARTS:
+        raise ValueError(f"unknown preset {base!r} in {name!r}; known: {', '.join(sorted(PRESET_PARTS))}")
+    bad = [e for e in extra if "=" not in e or "." not in e.partition("=")[0]]
+    if bad:
+        raise ValueError(f"variant {name!r}: {bad} must look like 'method.field=value'")
+    p = PRESET_PARTS[base]
+    if not extra:
+        return p
+    method = {**p.method, "options": (*p.method.get("options", ()), *extra)}
+    return Preset(method=method, recipe=p.recipe, needs=p.needs)
+
+
 def plan_grid(methods: Sequence[str], recipe: str | None = None) -> GridPlan:
     """Every method's run fields under one recipe (default: the first method's), with every method's needs."""
-    unknown = [m for m in [*methods, *([recipe] if recipe else [])] if m not in PRESET_PARTS]
-    if unknown:
-        raise ValueError(f"unknown preset(s) {unknown}; known: {', '.join(sorted(PRESET_PARTS))}")
+    for m in [*methods, *([recipe] if recipe else [])]:
+        preset_of(m)  # an unknown preset or a malformed variant fails here
     recipe = recipe or methods[0]
-    shared = PRESET_PARTS[recipe].recipe_fields()
+    shared = preset_of(recipe).recipe_fields()
     notes: list[str] = []
     needed: dict[str, Any] = {}
     for method in methods:
-        for need in PRESET_PARTS[method].needs:
+        for need in preset_of(method).needs:
             value = needed.get(need.field, shared.get(need.field, _default(need.field)))
             if not need.ok(value):
                 needed[need.field] = need.value
@@ -76,7 +91,7 @@ def plan_grid(methods: Sequence[str], recipe: str | None = None) -> GridPlan:
                 )
     fields: dict[str, dict[str, Any]] = {}
     for method in methods:
-        part = PRESET_PARTS[method].method
+        part = preset_of(method).method
         run = {**BASELINE, **{k: v for k, v in shared.items() if k != "options"}, **needed}
         run.update({k: v for k, v in part.items() if k != "options"})
         own = list(part.get("options", ()))
@@ -115,7 +130,7 @@ def differences(configs: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str,
 
 def own_keys(method: str, policy_loss: str) -> set[str]:
     """The comparable keys a method's own part sets (its axis choices and option keys)."""
-    part = PRESET_PARTS[method].method
+    part = preset_of(method).method
     keys = {k for k in part if k != "options" and k in METHOD_FIELDS}
     for key in _options(part.get("options", ())):
         name, _, fld = key.rpartition(".")
@@ -137,7 +152,7 @@ def check_fair(diff: Mapping[str, Mapping[str, Any]], run_methods: Mapping[str, 
             continue
         owners = set()
         for run, method in run_methods.items():
-            pl = PRESET_PARTS[method].method.get("policy_loss", BASELINE["policy_loss"])
+            pl = preset_of(method).method.get("policy_loss", BASELINE["policy_loss"])
             mine = own_keys(method, pl)
             if key in mine or (key.startswith("options:policy_loss.") and "options:policy_loss.*" in mine):
                 owners.add(run)
@@ -149,4 +164,4 @@ def check_fair(diff: Mapping[str, Mapping[str, Any]], run_methods: Mapping[str, 
             )
 
 
-__all__ = ["GridPlan", "check_fair", "differences", "own_keys", "plan_grid"]
+__all__ = ["GridPlan", "check_fair", "differences", "own_keys", "plan_grid", "preset_of"]

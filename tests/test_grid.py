@@ -139,3 +139,19 @@ def test_a_variant_adds_options_to_the_method_part_for_a_sweep():
         grid("clip_cov@ratio")
     with pytest.raises(ValueError, match="which this run does not use"):
         grid("grpo@kl_cov.ratio=0.1")
+
+
+def test_a_method_that_never_acts_over_the_first_steps_is_warned_about():
+    from entrolab.update import inactive_warnings
+
+    methods = Methods(base_config("clip_cov"))
+    sums: dict[str, float] = {}
+    for step in range(1, 10):
+        assert inactive_warnings(methods, sums, {"clip/frac_cov": 0.0}, step) == {}
+    (warning,) = inactive_warnings(methods, sums, {"clip/frac_cov": 0.0}, 10).values()
+    assert warning.startswith("clip_cov acted on no token over the first 10 steps (clip/frac_cov = 0)")
+    sums = {}
+    for step in range(1, 11):  # one step with a clipped token: no warning
+        out = inactive_warnings(methods, sums, {"clip/frac_cov": 0.01 if step == 3 else 0.0}, step)
+    assert out == {}
+    assert inactive_warnings(Methods(base_config("grpo")), {}, {}, 10) == {}  # ppo_clip declares no activity key

@@ -44,6 +44,9 @@ class Entry:
     # (cfg, n) -> a warning when the method's selection is degenerate among n tokens (a budget of one token,
     # a fraction that keeps everything or nothing), else None; the trainer checks it every minibatch
     scale: Callable[[Any, int], str | None] | None = None
+    # a metric key the method logs that is 0 when it acted on no token (e.g. "clip/frac_cov"); the trainer warns
+    # when it stays 0 over the first steps (a threshold no token crosses at this scale)
+    active: str | None = None
 
     def make_config(self, overrides: dict[str, Any] | None = None) -> Any:
         """The method's frozen config with ``overrides`` applied; unknown keys raise, naming the allowed ones."""
@@ -82,6 +85,7 @@ def register(
     sets: Callable[[Any], tuple[str, ...]] | None = None,
     reads: Callable[[Any], tuple[str, ...]] | None = None,
     scale: Callable[[Any, int], str | None] | None = None,
+    active: str | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator: register ``fn`` under ``axis``/``name``. The summary defaults to the docstring's first line."""
     _check_axis(axis)
@@ -109,6 +113,7 @@ def register(
             sets=sets,
             reads=reads,
             scale=scale,
+            active=active,
         )
         return fn
 

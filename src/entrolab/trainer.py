@@ -46,7 +46,7 @@ from entrolab.runfolder import claim_run_folder
 from entrolab.signals import StopFlag
 from entrolab.sinks import make_sinks
 from entrolab.stepstats import fill_errored, seed_everything, step_metrics
-from entrolab.update import Methods
+from entrolab.update import Methods, inactive_warnings
 
 # Keys the trainer itself logs every step (methods add theirs); what a schedule may read is checked against them.
 TRAINER_METRICS = (
@@ -107,6 +107,7 @@ def _loop(cfg, run, resume, model, tokenizer, ref_model, task, methods, pool, lo
     metrics_path = run / "metrics.jsonl"
     sinks = make_sinks(cfg.log_to, run, cfg.to_json())
     s: dict[str, Any] = {"step": 0, "position": 0, "elapsed": 0.0, "streak": 0, "observed": {}, "scale_warnings": {}}
+    s["active_sums"] = {}
     s["schedule_state"] = {e.name: {} for e, _ in methods.schedules}
     if resume:
         ckpt, path = load_checkpoint(run, log=log)
@@ -204,6 +205,8 @@ def _loop(cfg, run, resume, model, tokenizer, ref_model, task, methods, pool, lo
                 model, opt, sched, step_methods, batch, cfg, gen, s["streak"], step
             )
             m.update(um)
+            inactive = inactive_warnings(step_methods, s["active_sums"], m, step)
+            warns.update({f"{name}:inactive": w for name, w in inactive.items()})
             for name in sorted(set(warns) - set(s["scale_warnings"])):  # said once per method, kept with the run
                 s["scale_warnings"][name] = warns[name]
                 print(f"warning: step {step}: {warns[name]}", file=sys.stderr)

@@ -347,6 +347,25 @@ def scale_warnings(methods: Methods, batch: TokenBatch, micro_batch_size: int | 
     return out
 
 
+def inactive_warnings(
+    methods: Methods, sums: dict[str, float], metrics: Mapping[str, float], step: int, window: int = 10
+) -> dict[str, str]:
+    """Methods that acted on no token over the first ``window`` steps (their registered ``active`` metric stayed 0):
+    adds this step's value to ``sums`` (kept by the caller across steps) and, at ``step == window``, returns a
+    warning per such method, e.g. ``clip_cov acted on no token over the first 10 steps (clip/frac_cov = 0)``."""
+    out = {}
+    for entry, _ in methods.trained():
+        if entry.active is None or step > window or entry.active not in metrics:
+            continue
+        sums[entry.name] = sums.get(entry.name, 0.0) + abs(float(metrics[entry.active]))
+        if step == window and sums[entry.name] == 0.0:
+            out[entry.name] = (
+                f"{entry.name} acted on no token over the first {window} steps ({entry.active} = 0): "
+                "its threshold is never crossed at this scale"
+            )
+    return out
+
+
 def accumulate(sums: dict[str, float], metrics: Mapping[str, Any], weight: float) -> None:
     """``sums[k] += metrics[k] * weight`` for every key (tensors read as floats)."""
     for k, v in metrics.items():
@@ -360,6 +379,7 @@ __all__ = [
     "accumulate",
     "apply_filters",
     "compose",
+    "inactive_warnings",
     "minibatch_stats",
     "scale_warnings",
     "slice_stats",

@@ -105,6 +105,7 @@ def clip_cov_stats(
     config=ClipCovConfig,
     paper="arXiv:2505.22617",
     metrics=("clip/frac_cov", "clip/frac_ppo", "cov/logp_adv", "ratio/mean", "kl/approx_old"),
+    active="clip/frac_cov",
     needs=("generator",),
     stats=clip_cov_stats,
     scale=_scale("clip_cov"),
@@ -198,6 +199,7 @@ def clip_cov(
     config=ClipCovConfig,
     paper="arXiv:2505.22617",
     metrics=("filter/frac_cov_detached",),
+    active="filter/frac_cov_detached",
     needs=("generator",),
     stats=clip_cov_stats,
     scale=_scale("clip_cov"),
@@ -295,6 +297,7 @@ def kl_cov_stats(
     config=KLCovConfig,
     paper="arXiv:2505.22617",
     metrics=("kl/frac_cov", "kl/abs_log_ratio", "cov/logp_adv", "ratio/mean"),
+    active="kl/frac_cov",
     stats=kl_cov_stats,
     scale=_scale("kl_cov"),
 )

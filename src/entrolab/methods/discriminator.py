@@ -101,6 +101,7 @@ def discriminator_stats(
     config=DiscriminatorClipConfig,
     paper="arXiv:2602.03392",
     metrics=("filter/disc_frac_masked", "filter/disc_frac_masked_neg", "disc/mean", "disc/std"),
+    active="filter/disc_frac_masked",
     needs=("vocab_baseline",),
     stats=discriminator_stats,
 )

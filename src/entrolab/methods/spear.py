@@ -43,6 +43,7 @@ class SpearCovClipConfig:
     config=SpearCovClipConfig,
     paper="arXiv:2509.22601",
     metrics=("filter/frac_cov_detached",),
+    active="filter/frac_cov_detached",
     needs=("generator",),
     scale=lambda cfg, n: budget_warning("spear_cov_clip", cfg.ratio, n),
 )

@@ -16,7 +16,7 @@ import torch
 
 from entrolab.batch import TokenBatch
 from entrolab.kinds import Backend
-from entrolab.ops import discriminator_baseline_from_logits
+from entrolab.ops import discriminator_baseline_from_logits, masked_mean
 from entrolab.rollout import teacher_forced
 from entrolab.update import (
     Counts,
@@ -205,9 +205,8 @@ def probe_entropy_change(model, batch: TokenBatch, n: int, temperature: float, b
     probe = batch.select(rows).trim()
     _, entropy, _ = forward(model, probe, temperature, backend=backend)
     mask = probe.attention_mask
-    tokens = max(float(mask.sum()), 1.0)
-    before = float((probe.old_entropy * mask).sum()) / tokens
-    after = float((entropy.float() * mask).sum()) / tokens
+    before = float(masked_mean(probe.old_entropy, mask))
+    after = float(masked_mean(entropy.float(), mask))
     return {"entropy/probe_before": before, "entropy/probe_after": after, "entropy/observed_delta": after - before}
 
 

@@ -228,21 +228,7 @@ class TrainConfig:
 
     def method_options(self) -> dict[str, dict[str, Any]]:
         """The parsed ``options`` per method name; raises on an unknown method, field or bad value."""
-        chosen = {name: catalogue.get(axis, name) for axis, name in self.selected()}
-        out: dict[str, dict[str, Any]] = {name: {} for name in chosen}
-        for item in self.options:
-            key, eq, raw = item.partition("=")
-            method, dot, fld = key.strip().rpartition(".")
-            if not eq or not dot:
-                raise ValueError(f"option {item!r} must look like 'method.field=value'")
-            if method not in chosen:
-                raise ValueError(
-                    f"option {item!r} names method {method!r}, which this run does not use: {sorted(chosen)}"
-                )
-            out[method][fld] = _parse_value(raw.strip())
-        for name, opts in out.items():
-            chosen[name].make_config(opts)  # unknown keys and invalid values raise here
-        return out
+        return parse_method_options(self.selected(), self.options)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -269,6 +255,24 @@ class TrainCommand:
     """A run TOML: top-level keys are the flags' names with underscores; [options.METHOD] tables set options."""
     overwrite: bool = False
     """Replace the run already in --out (without it, a folder that holds a run is refused)."""
+
+
+def parse_method_options(selected: list[tuple[str, str]], options: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """``'method.field=value'`` strings -> the options per selected method name (last one wins); raises one line
+    on an unknown method, a method the run does not use, an unknown field or an invalid value."""
+    chosen = {name: catalogue.get(axis, name) for axis, name in selected}
+    out: dict[str, dict[str, Any]] = {name: {} for name in chosen}
+    for item in options:
+        key, eq, raw = item.partition("=")
+        method, dot, fld = key.strip().rpartition(".")
+        if not eq or not dot:
+            raise ValueError(f"option {item!r} must look like 'method.field=value'")
+        if method not in chosen:
+            raise ValueError(f"option {item!r} names method {method!r}, which this run does not use: {sorted(chosen)}")
+        out[method][fld] = _parse_value(raw.strip())
+    for name, opts in out.items():
+        chosen[name].make_config(opts)  # unknown keys and invalid values raise here
+    return out
 
 
 def _parse_value(raw: str) -> Any:
@@ -314,4 +318,4 @@ def save_json(cfg: TrainConfig, path: Path) -> None:
     path.write_text(json.dumps(cfg.to_json(), indent=2))
 
 
-__all__ = ["PRESETS", "TrainCommand", "TrainConfig", "base_config", "load_toml", "save_json"]
+__all__ = ["PRESETS", "TrainCommand", "TrainConfig", "base_config", "load_toml", "parse_method_options", "save_json"]

@@ -38,7 +38,7 @@ def _options(items: Sequence[str]) -> dict[str, str]:
     return out
 
 
-def _recipe_options(items: Sequence[str], policy_loss: str, notes: list[str], method: str) -> list[str]:
+def recipe_options(items: Sequence[str], policy_loss: str, notes: list[str], method: str) -> list[str]:
     """The recipe's policy-loss options (the clip range) for a run whose policy loss is ``policy_loss``: kept for
     ppo_clip, carried to a loss whose config has the same field with a value by default, else left out (said)."""
     out = []
@@ -95,7 +95,7 @@ def plan_grid(methods: Sequence[str], recipe: str | None = None) -> GridPlan:
         run = {**BASELINE, **{k: v for k, v in shared.items() if k != "options"}, **needed}
         run.update({k: v for k, v in part.items() if k != "options"})
         own = list(part.get("options", ()))
-        run["options"] = (*_recipe_options(shared.get("options", ()), run["policy_loss"], notes, method), *own)
+        run["options"] = (*recipe_options(shared.get("options", ()), run["policy_loss"], notes, method), *own)
         fields[method] = run
     return GridPlan(recipe, fields, tuple(notes))
 

@@ -6,7 +6,9 @@ Precedence, lowest to highest: the engine's settings (``engine_fields`` such as 
 implies, ``engine_options`` such as its clip range as ``ppo_clip.eps_low=...``) < the preset's method part <
 the mapping's axis names < the mapping's ``options``. A preset brings its *method* part only: the recipe
 (learning rate, epochs, batch sizes) is the engine's. The engine's ``ppo_clip`` options follow the chosen
-policy loss where its config has the same field (Clip-Cov's clip range), as a grid's recipe does.
+policy loss where its config has the same field (Clip-Cov's clip range), as a grid's recipe does; options of
+methods the run does not use are dropped; filters and regularisers the engine's settings imply (TRL's
+``beta`` is a ``kl`` term) are kept next to the chosen ones (set them to 0 in the engine to drop them).
 """
 
 from __future__ import annotations
@@ -91,7 +93,8 @@ def resolve_methods(
     unknown = sorted(set(mapping) - set(KEYS))
     if unknown:
         raise ValueError(f"methods= has unknown key(s) {unknown}; allowed: {list(KEYS)}")
-    run: dict[str, Any] = {**BASELINE, **dict(engine_fields or {})}
+    engine = dict(engine_fields or {})
+    run: dict[str, Any] = {**BASELINE, **engine}
     own: list[str] = []
     if mapping.get("preset") is not None:
         part = preset_of(str(mapping["preset"])).method
@@ -101,9 +104,15 @@ def resolve_methods(
         if key in ("preset", "options"):
             continue
         run[key] = _as_tuple(key, value) if key in LISTS else str(value)
+    for key in LISTS:  # a filter or term the engine's settings imply is kept next to the chosen ones
+        if key != "options" and engine.get(key):
+            run[key] = (*run[key], *(n for n in engine[key] if n not in run[key]))
     own += list(_as_tuple("options", mapping.get("options", ())))
     notes: list[str] = []
     carried = recipe_options(tuple(engine_options), run["policy_loss"], notes, "engine")
+    chosen = {run["advantage"], run["policy_loss"], run["aggregation"]}
+    chosen |= {n for key in LISTS if key != "options" for n in run[key]}
+    carried = [o for o in carried if o.partition("=")[0].rpartition(".")[0] in chosen]  # options of unused methods
     run["options"] = (*carried, *own)
     run = {k: tuple(v) if k in LISTS else v for k, v in run.items()}
     return MethodSpec(**run), notes

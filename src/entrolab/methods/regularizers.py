@@ -29,6 +29,9 @@ class KLConfig:
     """Per-token estimator of KL(pi || pi_ref) from sampled tokens: k1, k2 or k3 (Schulman, 2020)."""
     k3_max: float | None = 10.0
     """Upper clamp of the k3 value (verl clamps ``low_var_kl`` to [-10, 10]; k3 >= 0). None: no clamp."""
+    ratio_weighted: bool = False
+    """Multiply k by the ratio pi / pi_old (with its gradient): TRL's ``use_bias_correction_kl``, an importance-
+    sampling correction of the estimate for samples drawn from pi_old."""
 
     def __post_init__(self) -> None:
         if not self.coef >= 0:
@@ -67,7 +70,7 @@ def kl(
         logp: ``[B, T]`` log-prob of the sampled tokens, current policy (carries the gradient).
         mask: ``[B, T]`` 1 on response tokens that count.
         cfg: :class:`KLConfig`.
-        entropy: ``[B, T]``, unused.  old_logp: ``[B, T]``, unused.
+        entropy: ``[B, T]``, unused.  old_logp: ``[B, T]`` behaviour log-probs (used by ``ratio_weighted``).
         ref_logp: ``[B, T]`` log-prob under the frozen reference; required.
 
     Returns:
@@ -99,7 +102,11 @@ def kl(
         k = torch.exp(neg) - neg - 1.0  # [B, T]
         if cfg.k3_max is not None:
             k = k.clamp(max=cfg.k3_max)  # [B, T]
-    return cfg.coef * k, {"kl/ref_mean": ops.masked_mean(k.detach(), mask)}
+    metrics = {"kl/ref_mean": ops.masked_mean(k.detach(), mask)}
+    if cfg.ratio_weighted:
+        log_ratio = torch.where(mask.bool(), logp - old_logp, 0.0).clamp(-ops.LOG_RATIO_CLAMP, ops.LOG_RATIO_CLAMP)
+        k = k * torch.exp(log_ratio)  # [B, T]
+    return cfg.coef * k, metrics
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,172 @@
+"""What a TRL ``GRPOConfig`` means in entrolab's terms, and how TRL normalises each loss type.
+
+Pure functions over the config's attributes (no TRL import), so they are tested without TRL:
+
+- :func:`trl_methods`: the methods a run uses, from ``methods=`` over the meaning of TRL's own fields
+  (``loss_type`` -> the aggregation, ``epsilon`` / ``epsilon_high`` -> ``ppo_clip``'s clip range, ``beta`` ->
+  a ``kl`` term as TRL computes it, ``entropy_coef`` -> ``entropy_bonus``, ``top_entropy_quantile`` ->
+  ``forking_tokens`` as TRL selects, ``scale_rewards`` -> the GRPO advantage's std). A TRL setting entrolab
+  cannot honour yet fails here, before any work, naming the setting.
+- :func:`loss_counts`: the :class:`~entrolab.update.Counts` that make entrolab's aggregation divide exactly as
+  TRL's loss type does under gradient accumulation and several processes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from entrolab.integrations.choice import MethodSpec, resolve_methods
+from entrolab.update import Counts
+
+SUPPORTED = ((1, 16), (1, 17))  # the TRL range whose private hooks the adapter overrides: >= 1.16, < 1.17
+
+# TRL loss_type -> the entrolab aggregation that divides as it does (with :func:`loss_counts`)
+AGGREGATION_OF = {
+    "grpo": "seq-mean-token-mean",
+    "dr_grpo": "seq-mean-token-sum-norm",
+    "dapo": "token-mean",
+    "bnpo": "token-mean",  # per micro-batch token count (count rule "micro_batch")
+    "luspo": "seq-mean-token-sum",
+}
+OWN_LOSSES = ("cispo", "sapo", "vespo")  # TRL per-token losses entrolab does not have yet
+CountRule = Literal["window", "micro_batch"]
+
+
+def check_version(version: str) -> None:
+    """Raise ImportError unless ``version`` is in the range the adapter's overridden hooks were written for."""
+    try:
+        major, minor = (int(x) for x in version.split(".")[:2])
+    except ValueError:
+        msg = f"cannot read TRL's version {version!r}; entrolab.integrations.trl needs trl>=1.16,<1.17"
+        raise ImportError(msg) from None
+    (lo_major, lo_minor), (hi_major, hi_minor) = SUPPORTED
+    if not (lo_major, lo_minor) <= (major, minor) < (hi_major, hi_minor):
+        raise ImportError(
+            f"entrolab.integrations.trl overrides private GRPOTrainer hooks (_generate_and_score_completions, "
+            f"_calculate_rewards, _compute_loss) written against trl>=1.16,<1.17; installed: trl {version}. "
+            "Install the tested range: pip install 'entrolab[trl]'"
+        )
+
+
+def _unsupported(args: Any, explicit_policy: bool, explicit_advantage: bool) -> None:
+    """TRL settings with no entrolab equivalent yet: refused by name rather than silently ignored."""
+    loss_type = getattr(args, "loss_type", "dapo")
+    if loss_type in OWN_LOSSES and not explicit_policy:
+        raise ValueError(
+            f"loss_type={loss_type!r} is TRL's own per-token loss, which entrolab's catalogue does not have yet; "
+            f"use loss_type in {sorted(AGGREGATION_OF)} (it sets the aggregation) and choose the policy loss "
+            "with methods={'policy_loss': ...}"
+        )
+    if loss_type not in AGGREGATION_OF and loss_type not in OWN_LOSSES:
+        raise ValueError(f"unknown TRL loss_type {loss_type!r}; allowed: {sorted(AGGREGATION_OF)}")
+    checks = [
+        ("delta", getattr(args, "delta", None) is not None, "INTELLECT-2's two-sided clip"),
+        ("importance_sampling_level", getattr(args, "importance_sampling_level", "token") != "token", "GSPO"),
+        ("off_policy_mask_threshold", getattr(args, "off_policy_mask_threshold", None) is not None, "OPSM"),
+        ("use_adaptive_entropy", bool(getattr(args, "use_adaptive_entropy", False)), "TRL's entropy controller"),
+        (
+            "multi_objective_aggregation",
+            getattr(args, "multi_objective_aggregation", "sum_then_normalize") != "sum_then_normalize",
+            "GDPO",
+        ),
+        ("scale_rewards", getattr(args, "scale_rewards", "group") == "batch" and not explicit_advantage, "batch std"),
+    ]
+    for name, bad, what in checks:
+        if bad:
+            hint = (
+                "methods={'schedules': ['adaptive_entropy'], 'regularizers': ['entropy_bonus']}"
+                if name == "use_adaptive_entropy"
+                else "a method of entrolab's catalogue through methods="
+            )
+            raise ValueError(
+                f"GRPOConfig.{name}={getattr(args, name)!r} ({what}) has no entrolab equivalent in the TRL adapter "
+                f"yet; leave it at TRL's default and use {hint}"
+            )
+
+
+def engine_settings(args: Any) -> tuple[dict[str, Any], list[str]]:
+    """The entrolab fields and options TRL's own settings mean (before ``methods=`` is laid over them)."""
+    loss_type = getattr(args, "loss_type", "dapo")
+    eps = float(getattr(args, "epsilon", 0.2))
+    eps_high = getattr(args, "epsilon_high", None)
+    fields: dict[str, Any] = {"aggregation": AGGREGATION_OF.get(loss_type, "token-mean")}
+    options = [f"ppo_clip.eps_low={eps!r}", f"ppo_clip.eps_high={float(eps if eps_high is None else eps_high)!r}"]
+    options.append("grpo.eps=0.0001")  # TRL's std epsilon
+    if getattr(args, "scale_rewards", "group") == "none":
+        options.append("grpo.norm_by_std=False")
+    beta = float(getattr(args, "beta", 0.0))
+    regularizers: list[str] = []
+    if beta != 0.0:
+        regularizers.append("kl")
+        options += [f"kl.coef={beta!r}", "kl.estimator='k3'", "kl.k3_max=None"]
+        options.append(f"kl.ratio_weighted={bool(getattr(args, 'use_bias_correction_kl', True))!r}")
+    coef = float(getattr(args, "entropy_coef", 0.0))
+    if coef != 0.0:
+        regularizers.append("entropy_bonus")
+        options.append(f"entropy_bonus.coef={coef!r}")
+    if regularizers:
+        fields["regularizers"] = tuple(regularizers)
+    q = float(getattr(args, "top_entropy_quantile", 1.0))
+    if q < 1.0:
+        fields["token_filters"] = ("forking_tokens",)
+        options += [f"forking_tokens.rho={q!r}", "forking_tokens.selection='quantile'"]
+        options.append("forking_tokens.drop='zero_weight'")
+    return fields, options
+
+
+def trl_methods(args: Any, methods: Any) -> tuple[MethodSpec, CountRule, list[str]]:
+    """-> (the methods of the run, how the aggregation's counts are taken, notes on TRL settings that do not
+    apply to the chosen policy loss). ``methods``: a preset name, an axis mapping, a ``MethodSpec`` or None."""
+    mapping = methods if isinstance(methods, dict) else {}
+    preset = methods if isinstance(methods, str) else mapping.get("preset")
+    explicit_policy = "policy_loss" in mapping or isinstance(methods, MethodSpec)
+    explicit_advantage = "advantage" in mapping or isinstance(methods, MethodSpec)
+    explicit_aggregation = "aggregation" in mapping or isinstance(methods, MethodSpec)
+    if preset is not None:
+        from entrolab.grid import preset_of
+
+        part = preset_of(str(preset)).method
+        explicit_policy = explicit_policy or "policy_loss" in part
+        explicit_advantage = explicit_advantage or "advantage" in part
+        explicit_aggregation = explicit_aggregation or "aggregation" in part
+    _unsupported(args, explicit_policy, explicit_advantage)
+    fields, options = engine_settings(args)
+    spec, notes = resolve_methods(methods, fields, options)
+    bnpo = getattr(args, "loss_type", "dapo") == "bnpo" and not explicit_aggregation
+    rule: CountRule = "micro_batch" if bnpo else "window"
+    return spec, rule, notes
+
+
+def loss_counts(
+    aggregation: str,
+    rule: CountRule,
+    *,
+    micro_tokens: float,
+    micro_rows: int,
+    window_tokens: float,
+    grad_accum: int,
+    num_processes: int,
+    steps_per_generation: int,
+    max_completion_length: int,
+) -> Counts:
+    """The counts under which entrolab's aggregation of one micro-batch divides as TRL's loss type does.
+
+    TRL back-propagates each micro-batch's loss as returned (``loss_is_scaled_for_ga``) and DDP averages the
+    gradients over processes, so per process:
+
+    - token-mean (``dapo``): sum / (window_tokens / num_processes * grad_accum / steps_per_generation), with
+      ``window_tokens`` the generation batch's loss tokens over all processes (TRL's ``num_items_in_batch``);
+      rule ``micro_batch`` (``bnpo``): sum / (micro_tokens * grad_accum);
+    - seq-mean-* (``grpo``, ``luspo``, ``dr_grpo``): sequences counted as ``micro_rows * grad_accum`` (TRL takes a
+      mean over the micro-batch's rows, empty rows included, then divides by the accumulation steps);
+      ``dr_grpo``'s length constant is ``max_completion_length``.
+    """
+    if rule == "micro_batch":
+        tokens = micro_tokens * grad_accum
+    else:
+        tokens = window_tokens / num_processes * grad_accum / steps_per_generation
+    seqs = float(micro_rows * grad_accum)
+    return Counts(num_tokens=float(tokens), num_seqs=seqs, norm_len=float(max_completion_length))
+
+
+__all__ = ["AGGREGATION_OF", "SUPPORTED", "check_version", "engine_settings", "loss_counts", "trl_methods"]

@@ -196,7 +196,12 @@ class EntrolabGRPOTrainer(GRPOTrainer):
         return self.accelerator.gather(x)
 
     def _generate_and_score_completions(self, inputs):
-        out = super()._generate_and_score_completions(inputs)
+        return self.entrolab_prepare(super()._generate_and_score_completions(inputs))
+
+    def entrolab_prepare(self, out: dict[str, Any]) -> dict[str, Any]:
+        """TRL's generation output -> the same with entrolab's advantages and ``entrolab_rows``; keeps this
+        process's rows (filters, statistics, behaviour tensors) for the loss. Reads the gathered per-function
+        rewards TRL's ``_calculate_rewards`` returned last."""
         mode = "train" if self.model.training else "eval"
         methods = self._step_methods
         device = self.accelerator.device
@@ -370,8 +375,13 @@ class EntrolabGRPOTrainer(GRPOTrainer):
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         super()._load_optimizer_and_scheduler(checkpoint)
-        path = os.path.join(checkpoint, STATE_FILE) if checkpoint is not None else None
-        if path is not None and os.path.exists(path):
+        if checkpoint is not None:
+            self.entrolab_load_state(checkpoint)
+
+    def entrolab_load_state(self, checkpoint: str) -> None:
+        """Restore the schedules' state and last observed metrics saved in a TRL checkpoint folder."""
+        path = os.path.join(checkpoint, STATE_FILE)
+        if os.path.exists(path):
             with open(path) as f:
                 state = json.load(f)
             self._schedule_state = {k: dict(v) for k, v in state["schedule_state"].items()}

@@ -1,0 +1,307 @@
+"""``entrolab.integrations.trl`` against TRL 1.16 itself (reference venv; skipped where TRL is not installed).
+
+- Parity: on hand-built generation batches (random prompts and completions of ragged lengths, random rewards,
+  behaviour log-probs perturbed so that ratios leave the clip range), the adapter's loss and every parameter
+  gradient equal TRL's own ``GRPOTrainer._compute_loss`` on the same trainer and the same micro-batches, for
+  ``loss_type`` grpo / dr_grpo / dapo / bnpo under gradient accumulation, for ``top_entropy_quantile`` and for
+  ``entropy_coef``.
+- Runs: 3 real ``train()`` steps of a tiny local model for clip_cov, steer, kl and forking_tokens: the weights
+  move and entrolab's metric keys reach TRL's log history.
+- Two processes (``accelerate launch --multi_gpu --num_processes 2`` on CPU, gloo): filters and minibatch
+  statistics are computed over both processes' tokens (recomputed here from both ranks' tensors).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("trl")
+from datasets import Dataset
+from trl import GRPOConfig, GRPOTrainer
+from trl.trainer.utils import split_tensor_dict
+
+from entrolab.integrations.trl import STATE_FILE, EntrolabGRPOTrainer
+from entrolab.integrations.trl_config import check_version, trl_methods
+from entrolab.models import load_policy
+
+TOL = dict(atol=1e-6, rtol=1e-5)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def ones_reward(completions, **kw) -> list[float]:
+    """A reward that varies between completions of a random model: the number of '1' characters."""
+    return [float(c.count("1")) for c in completions]
+
+
+def _args(tmp_path, **kw) -> GRPOConfig:
+    base = dict(
+        output_dir=str(tmp_path / "out"),
+        max_steps=3,
+        per_device_train_batch_size=8,
+        num_generations=4,
+        max_completion_length=12,
+        logging_steps=1,
+        report_to="none",
+        use_cpu=True,
+        bf16=False,
+        save_strategy="no",
+        disable_tqdm=True,
+        seed=0,
+        learning_rate=1e-3,
+    )
+    base.update(kw)
+    return GRPOConfig(**base)
+
+
+def _trainer(tiny_dir, tmp_path, methods=None, **kw) -> EntrolabGRPOTrainer:
+    model, tok = load_policy(tiny_dir)
+    tok.padding_side = "left"
+    ds = Dataset.from_list([{"prompt": f"{i} + {i} ="} for i in range(64)])
+    return EntrolabGRPOTrainer(
+        model=model,
+        processing_class=tok,
+        reward_funcs=ones_reward,
+        args=_args(tmp_path, **kw),
+        train_dataset=ds,
+        methods=methods,
+    )
+
+
+def _hand_built(tr: EntrolabGRPOTrainer, n: int, seed: int) -> dict:
+    """A generation batch as TRL's ``_generate_and_score_completions`` returns it, built by hand."""
+    g = torch.Generator().manual_seed(seed)
+    vocab = tr.model.config.vocab_size
+    tp, t = 5, tr.max_completion_length
+    prompt_ids = torch.randint(3, vocab, (n, tp), generator=g)
+    prompt_len = torch.randint(2, tp + 1, (n,), generator=g)
+    prompt_mask = (torch.arange(tp) >= tp - prompt_len.unsqueeze(1)).long()  # left-padded
+    lengths = torch.randint(1, t + 1, (n,), generator=g)
+    lengths[0] = t
+    completion_ids = torch.randint(3, vocab, (n, t), generator=g)
+    completion_mask = (torch.arange(t) < lengths.unsqueeze(1)).long()
+    eos = tr.eos_token_ids[0]
+    ends = torch.rand(n, generator=g) < 0.5  # half of the rows end with EOS
+    completion_ids[ends, (lengths - 1)[ends]] = eos
+    completion_ids = completion_ids * completion_mask + tr._tokenizer.pad_token_id * (1 - completion_mask)
+    tr._rewards_per_func = torch.randint(0, 3, (n, 1), generator=g).float()
+    return {
+        "prompt_ids": prompt_ids,
+        "prompt_mask": prompt_mask,
+        "completion_ids": completion_ids,
+        "completion_mask": completion_mask,
+        "advantages": torch.zeros(n),
+        "num_items_in_batch": completion_mask.sum(),
+    }
+
+
+def _perturb_old(tr: EntrolabGRPOTrainer, out: dict, seed: int) -> None:
+    """Behaviour log-probs = the current ones + noise, so ratios spread over roughly [0.6, 1.6]."""
+    g = torch.Generator().manual_seed(seed + 100)
+    ids = torch.cat([out["prompt_ids"], out["completion_ids"]], 1)
+    mask = torch.cat([out["prompt_mask"], out["completion_mask"]], 1)
+    with torch.no_grad():
+        logp, _, _ = tr._get_per_token_logps_and_entropies(tr.model, ids, mask, out["completion_ids"].shape[1])
+    out["old_per_token_logps"] = logp + 0.3 * torch.randn(logp.shape, generator=g)
+
+
+def _loss_and_grads(tr, fn, chunks) -> tuple[float, list[torch.Tensor]]:
+    tr.model.zero_grad(set_to_none=True)
+    total = 0.0
+    for chunk in chunks:
+        loss = fn(tr.model, chunk)
+        loss.backward()
+        total += float(loss.detach())
+    grads = [p.grad.clone() for p in tr.model.parameters() if p.grad is not None]
+    return total, grads
+
+
+def _parity(tr: EntrolabGRPOTrainer, ga: int, seed: int, perturb: bool = True) -> None:
+    tr.model.train()
+    tr.current_gradient_accumulation_steps = ga
+    n = tr.args.per_device_train_batch_size * ga
+    out = tr.entrolab_prepare(_hand_built(tr, n, seed))
+    if perturb:
+        _perturb_old(tr, out, seed)
+    chunks = split_tensor_dict(out, ga)
+    ours, ours_g = _loss_and_grads(tr, tr._compute_loss, chunks)
+    trls, trl_g = _loss_and_grads(tr, lambda m, x: GRPOTrainer._compute_loss(tr, m, x), chunks)
+    assert abs(ours - trls) <= 1e-6 + 1e-5 * abs(trls), (ours, trls)
+    assert len(ours_g) == len(trl_g) > 0
+    for a, b in zip(ours_g, trl_g, strict=True):
+        torch.testing.assert_close(a, b, **TOL)
+    assert any(float(x.abs().max()) > 0 for x in ours_g)  # a real gradient, not two zeros
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dr_grpo", "dapo", "bnpo"])
+@pytest.mark.parametrize("ga", [1, 2])
+def test_ppo_clip_with_each_aggregation_matches_trl_loss_types(tiny_dir, tmp_path, loss_type, ga):
+    tr = _trainer(tiny_dir, tmp_path, loss_type=loss_type, gradient_accumulation_steps=ga, epsilon_high=0.28)
+    spec = tr.entrolab_methods
+    assert spec.policy_loss == "ppo_clip" and "ppo_clip.eps_high=0.28" in spec.options
+    _parity(tr, ga, seed=ga)
+
+
+def test_forking_tokens_matches_top_entropy_quantile(tiny_dir, tmp_path):
+    tr = _trainer(tiny_dir, tmp_path, loss_type="dapo", top_entropy_quantile=0.3)
+    assert tr.entrolab_methods.token_filters == ("forking_tokens",)
+    _parity(tr, 1, seed=3)
+    metrics = tr._metrics["train"]
+    assert 0.2 < metrics["filter/frac_kept"][-1] < 0.45  # about 30 % of the tokens kept
+
+
+@pytest.mark.parametrize("loss_type", ["dapo", "bnpo"])
+def test_entropy_bonus_matches_entropy_coef(tiny_dir, tmp_path, loss_type):
+    tr = _trainer(tiny_dir, tmp_path, loss_type=loss_type, entropy_coef=0.05)
+    assert tr.entrolab_methods.regularizers == ("entropy_bonus",)
+    _parity(tr, 1, seed=4, perturb=False)
+
+
+def test_kl_beta_matches_trl_kl_with_bias_correction(tiny_dir, tmp_path):
+    tr = _trainer(tiny_dir, tmp_path, loss_type="dapo", beta=0.1)
+    tr.model.train()
+    tr.current_gradient_accumulation_steps = 1
+    out = tr.entrolab_prepare(_hand_built(tr, 8, seed=5))
+    _perturb_old(tr, out, 5)
+    g = torch.Generator().manual_seed(9)
+    out["ref_per_token_logps"] = out["old_per_token_logps"] + 0.2 * torch.randn(out["old_per_token_logps"].shape, generator=g)
+    chunks = [out]
+    ours, ours_g = _loss_and_grads(tr, tr._compute_loss, chunks)
+    trls, trl_g = _loss_and_grads(tr, lambda m, x: GRPOTrainer._compute_loss(tr, m, x), chunks)
+    assert abs(ours - trls) <= 1e-6 + 1e-5 * abs(trls)
+    for a, b in zip(ours_g, trl_g, strict=True):
+        torch.testing.assert_close(a, b, **TOL)
+
+
+def test_unsupported_trl_settings_fail_before_any_work(tmp_path):
+    with pytest.raises(ValueError, match="loss_type='sapo'"):
+        trl_methods(_args(tmp_path, loss_type="sapo"), None)
+    with pytest.raises(ValueError, match="importance_sampling_level"):
+        trl_methods(_args(tmp_path, importance_sampling_level="sequence"), None)
+    with pytest.raises(ValueError, match="unknown option"):
+        trl_methods(_args(tmp_path), {"policy_loss": "steer", "options": ["steer.w_max=1.2"]})
+    with pytest.raises(ValueError, match="unknown key"):
+        trl_methods(_args(tmp_path), {"policy": "steer"})
+    with pytest.raises(ImportError, match="trl>=1.16,<1.17"):
+        check_version("1.17.0")
+    check_version("1.16.3")
+
+
+def test_methods_mapping_overrides_trl_fields(tmp_path):
+    spec, rule, _ = trl_methods(
+        _args(tmp_path, loss_type="bnpo", epsilon=0.1, beta=0.02),
+        {"policy_loss": "steer", "token_filters": ["forking_tokens"], "options": ["steer.weight_max=1.2"]},
+    )
+    assert (spec.policy_loss, spec.aggregation, spec.token_filters, spec.regularizers) == (
+        "steer",
+        "token-mean",
+        ("forking_tokens",),
+        ("kl",),
+    )
+    assert "steer.eps_low=0.1" in spec.options and "steer.weight_max=1.2" in spec.options
+    assert "kl.coef=0.02" in spec.options and rule == "micro_batch"
+    spec, rule, _ = trl_methods(_args(tmp_path, loss_type="bnpo"), "dr_grpo")  # the preset names its aggregation
+    assert spec.aggregation == "seq-mean-token-sum-norm" and rule == "window"
+
+
+# --------------------------------------------------------------------------------------------- real runs
+RUNS = {
+    "clip_cov": ("clip_cov", "clip/frac_cov"),
+    "steer": ("steer", "steer/weight_mean"),
+    "kl": ({"regularizers": ["kl"], "options": ["kl.coef=0.05"]}, "kl/ref_mean"),
+    "forking_tokens": ("forking_tokens", "filter/frac_kept"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RUNS))
+def test_three_step_run_moves_weights_and_logs_entrolab_metrics(tiny_dir, tmp_path, name):
+    methods, key = RUNS[name]
+    tr = _trainer(tiny_dir, tmp_path, methods=methods)
+    before = [p.detach().clone() for p in tr.model.parameters()]
+    tr.train()
+    assert any(not torch.equal(a, b) for a, b in zip(before, tr.model.parameters(), strict=True))
+    logged = [row for row in tr.state.log_history if "loss" in row]
+    assert len(logged) == 3
+    for row in logged:
+        assert key in row and "adv/std" in row and "entropy/token_mean" in row and "reward/errors" in row
+    if name == "kl":
+        assert tr.ref_model is not None and any(row["kl/ref_mean"] > 0 for row in logged[1:])
+
+
+def test_schedule_state_is_saved_with_trl_checkpoints_and_restored(tiny_dir, tmp_path):
+    tr = _trainer(tiny_dir, tmp_path, methods="skywork_or1", save_strategy="steps", save_steps=2, max_steps=2)
+    tr.train()
+    path = tmp_path / "out" / "checkpoint-2" / STATE_FILE
+    state = json.loads(path.read_text())
+    assert "adaptive_entropy" in state["schedule_state"] and "entropy/token_mean" in state["observed"]
+    logged = [row for row in tr.state.log_history if "schedule/entropy_bonus.coef" in row]
+    assert len(logged) == 2
+    fresh = _trainer(tiny_dir, tmp_path, methods="skywork_or1")
+    fresh.entrolab_load_state(str(path.parent))
+    assert fresh._schedule_state == state["schedule_state"] and fresh._observed == state["observed"]
+    resumed = _trainer(tiny_dir, tmp_path, methods="skywork_or1", max_steps=3)
+    resumed.train(resume_from_checkpoint=str(path.parent))  # TRL's own resume, through the adapter's hook
+    assert resumed.state.global_step == 3
+
+
+def test_unscorable_completions_leave_the_loss_and_are_counted(tiny_dir, tmp_path):
+    tr = _trainer(tiny_dir, tmp_path)
+    tr.model.train()
+    out = _hand_built(tr, 8, seed=7)
+    tr._rewards_per_func[2] = float("nan")  # every reward function returned None for row 2
+    out = tr.entrolab_prepare(out)
+    batch = tr._generation["train"].batch
+    assert float(batch.loss_mask[2].sum()) == 0 and float(batch.attention_mask[2].sum()) > 0
+    assert tr._metrics["train"]["reward/errors"][-1] == 1.0
+    assert torch.isfinite(out["advantages"]).all()
+
+
+# ---------------------------------------------------------------------------------------------- 2 processes
+def test_two_processes_compute_filters_and_statistics_over_both(tiny_dir, tmp_path):
+    from entrolab.batch import TokenBatch
+    from entrolab.integrations.choice import MethodSpec
+    from entrolab.update import Methods, apply_filters, minibatch_stats
+
+    env = {**os.environ, "ENTROLAB_TINY": str(tiny_dir), "ENTROLAB_OUT": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    cmd += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    cmd += [str(ROOT / "tests" / "trl_two_processes.py")]
+    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    assert ranks[0]["world"] == ranks[1]["world"] == 2
+    assert torch.equal(ranks[0]["params"], ranks[1]["params"])  # DDP: one model
+    width = max(r["attention_mask"].shape[1] for r in ranks)
+
+    def cat(key):
+        return torch.cat([torch.nn.functional.pad(r[key], (0, width - r[key].shape[1])) for r in ranks])
+
+    n = sum(r["attention_mask"].shape[0] for r in ranks)
+    glob = TokenBatch(
+        prompt_ids=torch.zeros(n, 1, dtype=torch.long),
+        prompt_mask=torch.zeros(n, 1),
+        response_ids=torch.zeros(n, width, dtype=torch.long),
+        attention_mask=cat("attention_mask"),
+        loss_mask=cat("attention_mask"),
+        old_logp=cat("old_logp"),
+        old_entropy=cat("old_entropy"),
+        group_id=torch.arange(n // 4).repeat_interleave(4),
+        truncated=torch.cat([r["truncated"] for r in ranks]),
+        advantages=torch.cat([r["advantages"] for r in ranks]),
+    )
+    methods = Methods(MethodSpec(**ranks[0]["spec"]))
+    filtered, _ = apply_filters(methods, glob, None, None)
+    kept = filtered.loss_mask
+    assert torch.equal(kept, cat("loss_mask"))  # the 30 % threshold of both ranks' tokens, on each rank
+    selected = minibatch_stats(*methods.policy_loss, filtered)["selected"]
+    assert torch.equal(selected, cat("selected"))  # KL-Cov's top-k over both ranks' kept tokens
+    # ... which is not what each rank alone would select: the test can tell the two apart
+    alone, _ = apply_filters(methods, glob.select(slice(0, n // 2)), None, None)
+    first = ranks[0]["attention_mask"].shape[1]
+    assert not torch.equal(alone.loss_mask[:, :first], ranks[0]["loss_mask"])

@@ -11,7 +11,9 @@ import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
+
+from tyro.conf import arg
 
 USAGE = """usage: entrolab COMMAND [flags]   (entrolab COMMAND --help for the flags)
 
@@ -31,11 +33,24 @@ class PretrainArgs:
     """Warm-start a tiny model on a task's deliberately imperfect demonstrations."""
 
     task: str
-    """Task name: arithmetic or countdown (or jsonl with --task-path)."""
+    """Task name: arithmetic, countdown, jsonl, math or rg:<name> (`entrolab tasks` lists them)."""
     out: str
     """Output folder (a normal Hugging Face model folder)."""
     task_path: str | None = None
-    """For task=jsonl: the .jsonl file."""
+    """For task=jsonl or math: a .jsonl, .json, .parquet or .csv file or a save_to_disk folder."""
+    prompt_field: str | None = None
+    """File tasks: the prompt column (default: prompt, question or problem)."""
+    answer_field: str | None = None
+    """File tasks: the answer column (default: answer, solution or ground_truth)."""
+    data_split: str | None = None
+    """File tasks: the split of a save_to_disk DatasetDict used as the pool (default: its train/test splits)."""
+    test_fraction: float | None = None
+    """File tasks: fraction held out as the test split when the data has one split (default 0.2)."""
+    task_options: Annotated[tuple[str, ...], arg(aliases=("--task-option",))] = ()
+    """The task config's fields as 'key=value' (a reasoning-gym generator's options, countdown's n_numbers)."""
+    tokenizer: Literal["auto", "char", "bytes", "bpe"] = "auto"
+    """char: the built-in alphabet; bytes: any UTF-8; bpe: byte-level BPE trained on the task's text; auto:
+    char when the task's text fits the alphabet, else bytes."""
     size: Literal["tiny1m", "tiny10m"] = "tiny1m"
     """Model size preset."""
     steps: int | None = None
@@ -55,9 +70,23 @@ class EvalArgs:
     model: str
     """Local Hugging Face causal-LM folder."""
     task: str
-    """Task name: arithmetic, countdown or jsonl."""
+    """Task name: arithmetic, countdown, jsonl, math or rg:<name> (`entrolab tasks` lists them)."""
     task_path: str | None = None
-    """For task=jsonl: the .jsonl file."""
+    """For task=jsonl or math: a .jsonl, .json, .parquet or .csv file or a save_to_disk folder."""
+    prompt_field: str | None = None
+    """File tasks: the prompt column (default: prompt, question or problem)."""
+    answer_field: str | None = None
+    """File tasks: the answer column (default: answer, solution or ground_truth)."""
+    data_split: str | None = None
+    """File tasks: the split of a save_to_disk DatasetDict used as the pool (default: its train/test splits)."""
+    test_fraction: float | None = None
+    """File tasks: fraction held out as the test split when the data has one split (default 0.2)."""
+    task_options: Annotated[tuple[str, ...], arg(aliases=("--task-option",))] = ()
+    """The task config's fields as 'key=value' (a reasoning-gym generator's options, countdown's n_numbers)."""
+    chat_template: Literal["auto", "none"] = "auto"
+    """auto: render prompts with the model's chat template when its tokenizer has one; none: plain prompts."""
+    system_prompt: str | None = None
+    """A system message before each prompt (needs a chat template)."""
     split: Literal["train", "test"] = "test"
     """Which split to evaluate."""
     samples: int = 16
@@ -113,10 +142,10 @@ def _setup(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _make_task(name: str, seed: int, task_path: str | None):
-    from entrolab.tasks import make_task
+def _make_task(args, seed: int):
+    from entrolab.data import task_of
 
-    return make_task(name, seed=seed, **({"path": task_path} if name == "jsonl" else {}))
+    return task_of(args, seed)
 
 
 def _table(title: str, rows: dict[str, float]) -> None:
@@ -139,8 +168,9 @@ def cmd_pretrain(argv: list[str]) -> int:
 
     args = _tyro(PretrainArgs, argv, prog="entrolab pretrain")
     _setup(args.threads)
-    task = _make_task(args.task, args.seed, args.task_path)
-    cfg = PretrainConfig(size=args.size, seed=args.seed, **({"steps": args.steps} if args.steps else {}))
+    task = _make_task(args, args.seed)
+    steps = {"steps": args.steps} if args.steps else {}
+    cfg = PretrainConfig(size=args.size, seed=args.seed, tokenizer=args.tokenizer, **steps)
     t0 = time.perf_counter()
     stats = pretrain(task, args.out, cfg, log=_pretrain_logger(cfg.steps))
     print(
@@ -166,13 +196,14 @@ def _pretrain_logger(total: int):
 
 
 def cmd_eval(argv: list[str]) -> int:
+    from entrolab.chat import with_chat_template
     from entrolab.evaluate import evaluate
     from entrolab.models import load_policy
 
     args = _tyro(EvalArgs, argv, prog="entrolab eval")
     _setup(args.threads)
-    task = _make_task(args.task, args.seed, args.task_path)
     model, tok = load_policy(args.model)
+    task = with_chat_template(_make_task(args, args.seed), tok, args.chat_template, args.system_prompt)
     ev = evaluate(
         model,
         tok,
@@ -261,7 +292,7 @@ def cmd_demo(argv: list[str]) -> int:
     args = _tyro(DemoArgs, argv, prog="entrolab demo")
     _setup(2)
     t0 = time.perf_counter()
-    base = cached_base(_make_task(args.task, args.seed, None), PretrainConfig(seed=args.seed), args.cache)
+    base = cached_base(_make_task(args, args.seed), PretrainConfig(seed=args.seed), args.cache)
     cfg = replace(
         base_config("grpo"),
         model=str(base),

@@ -197,7 +197,8 @@ def write_base_eval(cfg: TrainConfig, path: Path) -> None:
         return
     import torch
 
-    from entrolab.data import build_task
+    from entrolab.chat import with_chat_template
+    from entrolab.data import task_of
     from entrolab.evaluate import evaluate
     from entrolab.models import load_policy
 
@@ -206,7 +207,7 @@ def write_base_eval(cfg: TrainConfig, path: Path) -> None:
     metrics, detail = evaluate(
         model,
         tok,
-        build_task(cfg.task, cfg.task_seed, cfg.task_path),
+        with_chat_template(task_of(cfg, cfg.task_seed), tok, cfg.chat_template, cfg.system_prompt),
         samples=cfg.eval_samples,
         max_new_tokens=cfg.max_new_tokens,
         temperature=cfg.temperature,

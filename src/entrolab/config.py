@@ -20,6 +20,7 @@ from typing import Annotated, Any, get_args
 from tyro.conf import arg
 
 from entrolab import catalogue
+from entrolab.chat import CHAT_TEMPLATE_MODES, ChatTemplateMode
 from entrolab.kinds import Backend, LRSchedule
 from entrolab.presets import PRESETS
 from entrolab.rewards import OnRewardError
@@ -45,9 +46,25 @@ class TrainConfig:
     model: str = ""
     """Local Hugging Face causal-LM folder (e.g. from `entrolab pretrain`)."""
     task: str = "arithmetic"
-    """Task name: arithmetic, countdown or jsonl."""
+    """Task name: arithmetic, countdown, jsonl, math or rg:<reasoning-gym dataset> (`entrolab tasks` lists them)."""
     task_path: str | None = None
-    """For task=jsonl: the local .jsonl file of {"prompt", "answer"} lines."""
+    """For task=jsonl or math: a local .jsonl, .json, .parquet or .csv file, or a save_to_disk folder."""
+    prompt_field: str | None = None
+    """File tasks: the prompt column (default: the first of prompt, question, problem)."""
+    answer_field: str | None = None
+    """File tasks: the answer column (default: the first of answer, solution, ground_truth; '#### x' and
+    '\\boxed{x}' are reduced to x)."""
+    data_split: str | None = None
+    """File tasks: the split of a save_to_disk DatasetDict to use as the pool (default: its train/test splits)."""
+    test_fraction: float | None = None
+    """File tasks: fraction held out as the test split when the data has one split (default 0.2)."""
+    task_options: Annotated[tuple[str, ...], arg(aliases=("--task-option",))] = ()
+    """The task config's fields as 'key=value', e.g. 'n_numbers=4' (countdown) or a reasoning-gym option."""
+    chat_template: ChatTemplateMode = "auto"
+    """auto: render prompts with the tokenizer's chat template when it has one (add_generation_prompt); none:
+    plain prompts."""
+    system_prompt: str | None = None
+    """A system message before each prompt (needs a chat template)."""
     reward_fn: str | None = None
     """Optional 'package.module:function' (completion, example) -> float | Verdict replacing the task's verifier."""
     on_reward_error: OnRewardError = "raise"
@@ -203,13 +220,17 @@ class TrainConfig:
             )
         from entrolab.tasks import TASKS
 
-        if self.task not in TASKS:
-            raise ValueError(f"unknown task {self.task!r}; known: {', '.join(TASKS)}")
+        if self.task not in TASKS and not self.task.startswith("rg:"):
+            raise ValueError(f"unknown task {self.task!r}; known: {', '.join(TASKS)}, rg:<reasoning-gym dataset>")
+        if self.chat_template not in CHAT_TEMPLATE_MODES:
+            raise ValueError(f"chat_template must be one of {list(CHAT_TEMPLATE_MODES)}, got {self.chat_template!r}")
+        if self.test_fraction is not None and not 0 < self.test_fraction < 1:
+            raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
         bad_sinks = sorted(set(self.log_to) - {"tensorboard", "mlflow"})
         if bad_sinks:
             raise ValueError(f"unknown log_to sink(s) {bad_sinks}; allowed: tensorboard, mlflow")
-        if self.task == "jsonl" and not self.task_path:
-            raise ValueError("task=jsonl needs --task-path FILE.jsonl")
+        if self.task in ("jsonl", "math") and not self.task_path:
+            raise ValueError(f"task={self.task} needs --task-path FILE (.jsonl, .json, .parquet, .csv or a folder)")
         if self.preset is not None and self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; known: {', '.join(sorted(PRESETS))}")
         self.method_options()  # validates names, option keys and values

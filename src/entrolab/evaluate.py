@@ -6,7 +6,7 @@ import torch
 
 from entrolab.kinds import Backend
 from entrolab.ops import majority_at_k, masked_mean, passk_from_counts
-from entrolab.rewards import score_completions
+from entrolab.rewards import RewardPool, score_completions
 from entrolab.rollout import Rollout, generate
 from entrolab.tasks import Example, Task
 
@@ -33,12 +33,19 @@ def evaluate(
     batch_size: int = 256,
     return_detail: bool = False,
     backend: Backend = "auto",
+    verify_timeout: float = 60.0,
+    verify_workers: int | None = None,
 ) -> dict[str, float] | tuple[dict[str, float], dict[str, list]]:
     """Sample ``samples`` completions per prompt of ``split`` and report:
 
     ``accuracy`` (mean over all samples), ``mean_length`` (generated tokens, EOS included),
     ``format_error_rate``, ``truncated_rate``, ``entropy`` (mean full-distribution token entropy),
     ``pass@k`` for k in {1, 2, 4, 8, 16} with k <= samples (unbiased estimator), ``maj@N``, ``n_prompts``.
+
+    A task whose verifier may hang on a pathological answer (``pooled_verifier = True``: math-verify,
+    reasoning-gym) is scored in worker processes with ``verify_timeout`` seconds per sample; a sample whose
+    verification timed out or raised counts as not right, has no answer for majority vote, and is counted in
+    ``verify_errors`` (never scored in silence).
 
     With ``return_detail`` also per-problem detail, for support and answer-level diagnostics:
     ``{"ids": [P], "right": [P] right counts, "answers": [P][N] (None on a format error), "samples": N}``.
@@ -65,10 +72,20 @@ def evaluate(
     )
     texts = decode_completions(tokenizer, rollout)
     flat_examples = [e for e in examples for _ in range(samples)]
-    scores = score_completions(texts, flat_examples, task.verify, on_error="raise")
+    pooled = bool(getattr(task, "pooled_verifier", False))
+    if pooled:
+        with RewardPool(task.verify, workers=verify_workers, timeout=verify_timeout, on_error="skip") as pool:
+            scores = pool.score(texts, flat_examples)
+    else:
+        scores = score_completions(texts, flat_examples, task.verify, on_error="raise")
     right = scores.right.view(len(examples), samples)
+    errored = scores.errored.tolist()
     answers = [
-        [task.extract_answer(t, e) for t in texts[i * samples : (i + 1) * samples]] for i, e in enumerate(examples)
+        [
+            None if errored[i * samples + j] else task.extract_answer(t, e)
+            for j, t in enumerate(texts[i * samples : (i + 1) * samples])
+        ]
+        for i, e in enumerate(examples)
     ]
     mask = rollout.response_mask
     out = {
@@ -82,6 +99,8 @@ def evaluate(
         "n_prompts": float(len(examples)),
         "samples": float(samples),
     }
+    if pooled:
+        out["verify_errors"] = float(scores.errored.sum())
     if return_detail:
         detail = {
             "ids": [e.id for e in examples],

@@ -11,6 +11,7 @@ BPE class that silently drops spaces and newlines from a custom character vocabu
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -59,6 +60,44 @@ def build_tokenizer():  # -> transformers.PreTrainedTokenizerFast
     tok.add_special_tokens(list(SPECIALS))
     tok.post_processor = processors.TemplateProcessing(
         single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", vocab["<bos>"])]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        padding_side="left",
+    )
+
+
+def build_byte_tokenizer(texts: Iterable[str] | None = None, vocab_size: int | None = None):
+    """A byte-level tokenizer, so any UTF-8 text encodes: the 256 bytes plus pad/bos/eos/unk, and, given
+    ``texts`` and ``vocab_size``, BPE merges trained on those texts up to ``vocab_size`` entries.
+
+    Encoding prepends ``<bos>``; ``decode(encode(text))`` returns ``text`` exactly for any string.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    if texts is not None and vocab_size is not None and vocab_size > len(alphabet) + len(SPECIALS):
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size, special_tokens=list(SPECIALS), initial_alphabet=alphabet, show_progress=False
+        )
+        tok.train_from_iterator(texts, trainer=trainer)
+    else:
+        vocab = {t: i for i, t in enumerate([*SPECIALS, *sorted(alphabet)])}
+        tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        tok.decoder = decoders.ByteLevel()
+        tok.add_special_tokens(list(SPECIALS))
+    bos = tok.token_to_id("<bos>")
+    tok.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", bos)]
     )
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,

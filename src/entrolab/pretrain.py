@@ -17,11 +17,23 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 import torch
 
-from entrolab.models import SIZES, SizePreset, build_tiny_model, build_tokenizer, num_parameters, save_policy
-from entrolab.tasks import Task
+from entrolab.models import (
+    SIZES,
+    SizePreset,
+    build_byte_tokenizer,
+    build_tiny_model,
+    build_tokenizer,
+    num_parameters,
+    save_policy,
+)
+from entrolab.tasks import CHARSET, Task
+
+TokenizerKind = Literal["auto", "char", "bytes", "bpe"]
+TOKENIZERS: tuple[str, ...] = get_args(TokenizerKind)
 
 
 @dataclass(frozen=True)
@@ -42,8 +54,18 @@ class PretrainConfig:
     """AdamW weight decay."""
     seed: int = 0
     """Seed of the initial weights and the demonstration stream."""
+    tokenizer: TokenizerKind = "auto"
+    """char: one token per character of the built-in alphabet (the built-in tasks); bytes: the 256 bytes, any
+    UTF-8 text; bpe: byte-level BPE trained on the task's prompts and demonstrations up to ``bpe_vocab``
+    entries; auto: char when every prompt and demonstration is in the alphabet, else bytes."""
+    bpe_vocab: int = 512
+    """Vocabulary size of tokenizer=bpe."""
 
     def __post_init__(self) -> None:
+        if self.tokenizer not in TOKENIZERS:
+            raise ValueError(f"tokenizer must be one of {list(TOKENIZERS)}, got {self.tokenizer!r}")
+        if self.bpe_vocab < 264:
+            raise ValueError(f"bpe_vocab must be >= 264 (the 256 bytes and the specials), got {self.bpe_vocab}")
         if self.size not in SIZES:
             raise ValueError(f"size must be one of {sorted(SIZES)}, got {self.size!r}")
         for name in ("steps", "batch_size"):
@@ -85,6 +107,31 @@ def lr_lambda(warmup: int, total: int, floor: float = 0.1) -> Callable[[int], fl
     return f
 
 
+def task_texts(task: Task, n: int = 2000, seed: int = 0) -> list[str]:
+    """Prompts and demonstrations of up to ``n`` train examples (what the tokenizer must read)."""
+    rng = random.Random(seed)
+    return [t for ex in task.train[:n] for t in (task.prompt(ex), task.demonstration(ex, rng))]
+
+
+def make_tokenizer(task: Task, cfg: PretrainConfig):
+    """The tokenizer ``cfg.tokenizer`` names, for ``task``."""
+    kind = cfg.tokenizer
+    if kind in ("auto", "char"):
+        texts = task_texts(task, 500, cfg.seed)
+        outside = sorted({c for t in texts for c in t} - CHARSET)
+        if kind == "char" and outside:
+            raise ValueError(
+                f"task {task.name!r} has characters outside the character tokenizer's alphabet: {outside[:10]}; "
+                "use --tokenizer bytes or bpe"
+            )
+        kind = "bytes" if outside else "char"
+    if kind == "char":
+        return build_tokenizer()
+    if kind == "bytes":
+        return build_byte_tokenizer()
+    return build_byte_tokenizer(task_texts(task, seed=cfg.seed), cfg.bpe_vocab)
+
+
 def pretrain(
     task: Task,
     out: str | Path,
@@ -93,7 +140,7 @@ def pretrain(
 ) -> dict:
     """Train a tiny model on ``task``'s demonstrations and save it to ``out``; returns the run's stats."""
     torch.manual_seed(cfg.seed)
-    tokenizer = build_tokenizer()
+    tokenizer = make_tokenizer(task, cfg)
     model = build_tiny_model(tokenizer, cfg.size, seed=cfg.seed)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
@@ -118,6 +165,7 @@ def pretrain(
         "task": task.name,
         "config": asdict(cfg),
         "parameters": num_parameters(model),
+        "vocabulary": len(tokenizer),
         "seconds": seconds,
         "final_loss": sum(losses[-20:]) / len(losses[-20:]),
         "loss_curve": losses[:: max(1, len(losses) // 50)],
@@ -142,7 +190,10 @@ def cached_base(
     Built into a temporary folder and renamed, so a killed build never leaves a half-written base behind and
     concurrent callers end with one complete folder.
     """
-    key = hashlib.sha256(json.dumps([task.name, asdict(cfg)], sort_keys=True).encode()).hexdigest()[:12]
+    fields = asdict(cfg)
+    if cfg.tokenizer == "auto" and cfg.bpe_vocab == PretrainConfig.bpe_vocab:  # the keys of earlier base models
+        del fields["tokenizer"], fields["bpe_vocab"]
+    key = hashlib.sha256(json.dumps([task.name, fields], sort_keys=True).encode()).hexdigest()[:12]
     base = Path(cache or default_cache()) / "base" / f"{task.name}-{cfg.size}-{key}"
     if (base / "config.json").is_file() and (base / "model.safetensors").is_file():
         log(f"using cached base model {base}")

@@ -31,9 +31,10 @@ from typing import Any
 import torch
 
 from entrolab.batch import TokenBatch
+from entrolab.chat import with_chat_template
 from entrolab.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from entrolab.config import TrainConfig
-from entrolab.data import build_task, prompts_at
+from entrolab.data import prompts_at, task_of
 from entrolab.diagnostics import entropy_change_prediction
 from entrolab.evaluate import decode_completions, evaluate
 from entrolab.jsonio import append_jsonl, truncate_after, write_json_atomic
@@ -70,7 +71,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, log=p
     run = Path(cfg.out)
     torch.set_num_threads(cfg.threads)
     model, tokenizer = load_policy(cfg.model)  # a bad path fails here, before any work
-    task = build_task(cfg.task, cfg.task_seed, cfg.task_path)
+    task = with_chat_template(task_of(cfg, cfg.task_seed), tokenizer, cfg.chat_template, cfg.system_prompt)
     methods = Methods(cfg)
     methods.check_schedules(TRAINER_METRICS, ("eval/", "schedule/"))
     reward_fn = load_reward_fn(cfg.reward_fn) if cfg.reward_fn else task.verify

@@ -178,12 +178,19 @@ class GeneratedTask:
 
 # ---- registry -------------------------------------------------------------------------------------------
 
-TaskName = Literal["arithmetic", "countdown", "jsonl"]
+TaskName = Literal["arithmetic", "countdown", "jsonl", "math"]
 TASKS: tuple[str, ...] = get_args(TaskName)
 _CLASSES: dict[str, tuple[str, str, str]] = {  # name -> (module, config class, task class); imported lazily
     "arithmetic": ("entrolab.tasks.arithmetic", "ArithmeticConfig", "ArithmeticTask"),
     "countdown": ("entrolab.tasks.countdown", "CountdownConfig", "CountdownTask"),
     "jsonl": ("entrolab.tasks.jsonl", "JsonlConfig", "JsonlTask"),
+    "math": ("entrolab.tasks.math_answers", "MathConfig", "MathTask"),
+}
+DESCRIPTIONS: dict[str, str] = {
+    "arithmetic": "integer expressions such as 3+7-5=?, one right answer",
+    "countdown": "reach a target with given numbers (many right answers; the expression is checked)",
+    "jsonl": "your problems from a local file (JSONL, JSON, Parquet, CSV, save_to_disk), exact or numeric match",
+    "math": "word problems / competition math from a local file, answers compared symbolically by math-verify",
 }
 
 

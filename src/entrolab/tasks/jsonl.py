@@ -1,4 +1,6 @@
-"""``jsonl``: your own problems, one ``{"prompt": ..., "answer": ...}`` object per line of a local file.
+"""``jsonl``: your own problems, one ``{"prompt": ..., "answer": ...}`` object per line of a local file — or any
+local file or folder ``entrolab.tasks.files`` reads (JSON, Parquet, CSV, ``save_to_disk``), with its column
+mapping (``prompt_field``, ``answer_field``) and splits.
 
 The prompt is the line's prompt text, as is. ``match="exact"``: right iff the text after the last
 ``answer:``, stripped, equals the reference answer (stripped). ``match="numeric"``: both parse as finite
@@ -40,7 +42,14 @@ class JsonlConfig:
     """Problems from a local JSON-lines file."""
 
     path: str = ""
-    """The .jsonl file (required)."""
+    """The .jsonl file (required), or a .json / .parquet / .csv file or save_to_disk folder."""
+    prompt_field: str | None = None
+    """Column of the prompt (default: prompt, question or problem); for a .jsonl file, ``prompt``."""
+    answer_field: str | None = None
+    """Column of the reference answer (default: answer, solution or ground_truth; ``#### x`` / ``\\boxed{x}``
+    reduced to x)."""
+    split: str | None = None
+    """Which split of a DatasetDict folder to use as the pool (default: its train/test splits as they are)."""
     match: Match = "exact"
     """How an answer is compared with the reference: exact text, or numeric with rel. tolerance 1e-6."""
     test_fraction: float = 0.2
@@ -146,6 +155,9 @@ class JsonlTask:
     def __init__(self, config: JsonlConfig, seed: int = 0) -> None:
         self.config = config
         self.seed = seed
+        if not config.path.endswith(".jsonl") or config.prompt_field or config.answer_field or config.split:
+            self.train, self.test = _from_files(config, seed)
+            return
         examples = load_jsonl(config.path, config.match)
         n = len({e.prompt for e in examples})
         if n < 2:
@@ -167,6 +179,19 @@ class JsonlTask:
 
     def demonstration(self, example: Example, rng: random.Random) -> str:
         return jsonl_demonstration(example, draw_demo_kind(rng, self.config.demo_mix), rng, self)
+
+
+def _from_files(config: JsonlConfig, seed: int):
+    """(train, test) through ``entrolab.tasks.files``, answers checked against ``match``."""
+    from entrolab.tasks.files import Source, load_examples
+
+    source = Source(config.path, config.prompt_field, config.answer_field, config.split, config.test_fraction)
+    train, test = load_examples(source, seed, "jsonl")
+    if config.match == "numeric":
+        bad = next((e for e in (*train, *test) if _number(e.answer) is None), None)
+        if bad is not None:
+            raise ValueError(f'{config.path}: match="numeric" but the answer {bad.answer!r} ({bad.id}) is not a number')
+    return train, test
 
 
 def jsonl_demonstration(example: Example, kind: Reason, rng: random.Random, task: JsonlTask) -> str:

@@ -18,6 +18,7 @@ from tyro.conf import arg
 USAGE = """usage: entrolab COMMAND [flags]   (entrolab COMMAND --help for the flags)
 
 commands:
+  tasks      every task name (built-in, file tasks, rg:<reasoning-gym dataset>) with a one-line description
   pretrain   warm-start a tiny model on a task's imperfect demonstrations -> a HF model folder
   eval       sample N completions per test prompt: accuracy, length, format errors, pass@k
   train      RL post-training with a preset or a choice per axis; --resume RUN_DIR continues a run
@@ -370,7 +371,25 @@ def cmd_report(argv: list[str]) -> int:
     return 0
 
 
+def cmd_tasks(argv: list[str]) -> int:
+    from entrolab.tasks import task_list
+
+    as_json = "--json" in argv
+    bad = [a for a in argv if a != "--json"]
+    if bad:
+        raise ValueError(f"entrolab tasks takes only --json, got {bad}")
+    rows = task_list()
+    if as_json:
+        print(json.dumps([{"name": n, "description": d} for n, d in rows], indent=2))
+        return 0
+    width = max(len(n) for n, _ in rows)
+    for name, description in rows:
+        print(f"{name:<{width}}  {description}")
+    return 0
+
+
 COMMANDS = {
+    "tasks": cmd_tasks,
     "pretrain": cmd_pretrain,
     "eval": cmd_eval,
     "train": cmd_train,

@@ -194,6 +194,19 @@ DESCRIPTIONS: dict[str, str] = {
 }
 
 
+def task_list() -> list[tuple[str, str]]:
+    """(name, one-line description) of every task: the built-in ones, then reasoning-gym's when installed."""
+    rows = [(name, DESCRIPTIONS[name]) for name in TASKS]
+    try:
+        from entrolab.tasks.rg import list_tasks
+    except ImportError:
+        return [*rows, ("rg:<name>", "any reasoning-gym dataset (pip install 'entrolab[rg]' to list them)")]
+    try:
+        return [*rows, *list_tasks()]
+    except ValueError:  # reasoning-gym itself is not installed
+        return [*rows, ("rg:<name>", "any reasoning-gym dataset (pip install 'entrolab[rg]' to list them)")]
+
+
 def make_task(name: str, *, seed: int = 0, **options: Any) -> Task:
     """Build task ``name`` with its config's fields set from ``options`` (lists become tuples)."""
     if name not in _CLASSES:
@@ -224,4 +237,5 @@ __all__ = [
     "TaskName",
     "Verdict",
     "make_task",
+    "task_list",
 ]

@@ -162,7 +162,8 @@ class TrainConfig:
     progress: bool = True
     """Show a live progress bar."""
     log_to: tuple[str, ...] = ()
-    """Extra metric sinks besides metrics.jsonl: tensorboard (RUN_DIR/tensorboard), mlflow (RUN_DIR/mlruns)."""
+    """Extra metric sinks besides metrics.jsonl: tensorboard (RUN_DIR/tensorboard), mlflow (RUN_DIR/mlruns),
+    wandb (RUN_DIR/wandb, offline unless WANDB_MODE says otherwise)."""
 
     def __post_init__(self) -> None:
         if not _VALIDATE.get():
@@ -226,9 +227,9 @@ class TrainConfig:
             raise ValueError(f"chat_template must be one of {list(CHAT_TEMPLATE_MODES)}, got {self.chat_template!r}")
         if self.test_fraction is not None and not 0 < self.test_fraction < 1:
             raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
-        bad_sinks = sorted(set(self.log_to) - {"tensorboard", "mlflow"})
+        bad_sinks = sorted(set(self.log_to) - {"tensorboard", "mlflow", "wandb"})
         if bad_sinks:
-            raise ValueError(f"unknown log_to sink(s) {bad_sinks}; allowed: tensorboard, mlflow")
+            raise ValueError(f"unknown log_to sink(s) {bad_sinks}; allowed: tensorboard, mlflow, wandb")
         if self.task in ("jsonl", "math") and not self.task_path:
             raise ValueError(f"task={self.task} needs --task-path FILE (.jsonl, .json, .parquet, .csv or a folder)")
         if self.preset is not None and self.preset not in PRESETS:

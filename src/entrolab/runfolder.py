@@ -38,7 +38,7 @@ LOCK = ".lock"
 
 # What a run writes into its folder (trainer, sinks, entrolab.checkpoint, entrolab.jsonio's temp files).
 RUN_FILE_NAMES = ("config.json", "metrics.jsonl", "summary.json", "eval_detail.json", "checkpoint.pt")
-RUN_DIR_NAMES = ("final", "tensorboard", "mlruns")
+RUN_DIR_NAMES = ("final", "tensorboard", "mlruns", "wandb")
 RUN_FILE_PATTERNS = (
     "checkpoint-*.pt",  # entrolab.checkpoint
     "checkpoint-*.pt.sha256",

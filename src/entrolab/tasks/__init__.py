@@ -208,7 +208,12 @@ def task_list() -> list[tuple[str, str]]:
 
 
 def make_task(name: str, *, seed: int = 0, **options: Any) -> Task:
-    """Build task ``name`` with its config's fields set from ``options`` (lists become tuples)."""
+    """Build task ``name`` with its config's fields set from ``options`` (lists become tuples);
+    ``rg:<dataset>`` builds a reasoning-gym task (``entrolab.tasks.rg``)."""
+    if name.startswith("rg:"):
+        from entrolab.tasks.rg import make_rg_task
+
+        return make_rg_task(name.removeprefix("rg:"), seed=seed, **options)
     if name not in _CLASSES:
         raise ValueError(f"unknown task {name!r}; known: {', '.join(TASKS)}")
     module_name, config_name, task_name = _CLASSES[name]

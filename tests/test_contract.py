@@ -148,6 +148,10 @@ def test_every_registered_method_keeps_the_contract(entry: registry.Entry) -> No
     elif entry.axis == "schedule":
         metrics = {}
         _check_schedule(entry, cfg)
+    elif entry.axis == "sft_loss":
+        out, used, metrics = fn(x["logp"], x["entropy"].detach(), mask, cfg=cfg)
+        assert used.shape == (B, T) and torch.all(~used.bool() | (mask == 1)), "an SFT loss uses only supervised tokens"
+        grad_of = [x["logp"]]
     else:
         out = fn(x["loss"], mask, num_tokens=mask.sum(), num_seqs=(mask.sum(-1) > 0).sum(), norm_len=T)
         metrics = {}

@@ -123,6 +123,15 @@ class Schedule(Protocol):
     ) -> tuple[dict[str, float], dict[str, float]]: ...
 
 
+class SftLoss(Protocol):
+    """``(logp [B, T], entropy [B, T], mask [B, T]) -> (loss [B, T], used [B, T], metrics)`` for the supervised
+    warm start on demonstration tokens: ``used`` (a subset of ``mask``) is what the loss is averaged over."""
+
+    def __call__(
+        self, logp: torch.Tensor, entropy: torch.Tensor, mask: torch.Tensor, *, cfg: Any
+    ) -> tuple[torch.Tensor, torch.Tensor, Metrics]: ...
+
+
 PROTOCOLS: dict[str, type] = {
     "advantage": Advantage,
     "reward_shaper": RewardShaper,
@@ -131,6 +140,7 @@ PROTOCOLS: dict[str, type] = {
     "regularizer": Regularizer,
     "aggregation": Aggregation,
     "schedule": Schedule,
+    "sft_loss": SftLoss,
 }
 
 __all__ = [
@@ -142,5 +152,6 @@ __all__ = [
     "Regularizer",
     "RewardShaper",
     "Schedule",
+    "SftLoss",
     "TokenFilter",
 ]

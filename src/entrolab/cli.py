@@ -52,6 +52,10 @@ class PretrainArgs:
     tokenizer: Literal["auto", "char", "bytes", "bpe"] = "auto"
     """char: the built-in alphabet; bytes: any UTF-8; bpe: byte-level BPE trained on the task's text; auto:
     char when the task's text fits the alphabet, else bytes."""
+    loss: str = "cross_entropy"
+    """The supervised loss (an sft_loss: cross_entropy, or entropy_sft, Light-IF's entropy-preserving SFT)."""
+    loss_options: Annotated[tuple[str, ...], arg(aliases=("--loss-option",))] = ()
+    """Options of the loss as 'method.field=value', e.g. 'entropy_sft.token_ratio=0.5'."""
     size: Literal["tiny1m", "tiny10m"] = "tiny1m"
     """Model size preset."""
     steps: int | None = None
@@ -171,7 +175,14 @@ def cmd_pretrain(argv: list[str]) -> int:
     _setup(args.threads)
     task = _make_task(args, args.seed)
     steps = {"steps": args.steps} if args.steps else {}
-    cfg = PretrainConfig(size=args.size, seed=args.seed, tokenizer=args.tokenizer, **steps)
+    cfg = PretrainConfig(
+        size=args.size,
+        seed=args.seed,
+        tokenizer=args.tokenizer,
+        loss=args.loss,
+        loss_options=tuple(args.loss_options),
+        **steps,
+    )
     t0 = time.perf_counter()
     stats = pretrain(task, args.out, cfg, log=_pretrain_logger(cfg.steps))
     print(

@@ -21,6 +21,8 @@ from typing import Literal, get_args
 
 import torch
 
+from entrolab import catalogue
+from entrolab.methods.aggregation import aggregate
 from entrolab.models import (
     SIZES,
     SizePreset,
@@ -60,6 +62,10 @@ class PretrainConfig:
     entries; auto: char when every prompt and demonstration is in the alphabet, else bytes."""
     bpe_vocab: int = 512
     """Vocabulary size of tokenizer=bpe."""
+    loss: str = "cross_entropy"
+    """The ``sft_loss`` minimised: cross_entropy, or entropy_sft (Light-IF's entropy-preserving SFT)."""
+    loss_options: tuple[str, ...] = ()
+    """Options of the loss as 'method.field=value', e.g. 'entropy_sft.token_ratio=0.5'."""
 
     def __post_init__(self) -> None:
         if self.tokenizer not in TOKENIZERS:
@@ -68,6 +74,7 @@ class PretrainConfig:
             raise ValueError(f"bpe_vocab must be >= 264 (the 256 bytes and the specials), got {self.bpe_vocab}")
         if self.size not in SIZES:
             raise ValueError(f"size must be one of {sorted(SIZES)}, got {self.size!r}")
+        sft_loss(self)  # an unknown loss, option or value fails here
         for name in ("steps", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -105,6 +112,28 @@ def lr_lambda(warmup: int, total: int, floor: float = 0.1) -> Callable[[int], fl
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
     return f
+
+
+def sft_loss(cfg: PretrainConfig):
+    """(entry, config) of the configured ``sft_loss``."""
+    from entrolab.config import parse_method_options
+
+    opts = parse_method_options([("sft_loss", cfg.loss)], cfg.loss_options)
+    entry = catalogue.get("sft_loss", cfg.loss)
+    return entry, entry.make_config(opts.get(cfg.loss))
+
+
+def sft_step_loss(model, ids: torch.Tensor, labels: torch.Tensor, pad_id: int, loss) -> tuple[torch.Tensor, dict]:
+    """The chosen ``sft_loss`` of one batch, reduced as a token mean over the tokens it uses."""
+    entry, lcfg = loss
+    logits = model(input_ids=ids, attention_mask=(ids != pad_id).long()).logits[:, :-1].float()  # [B, L-1, V]
+    target = labels[:, 1:]  # [B, L-1]
+    mask = (target != -100).float()
+    logp_all = torch.log_softmax(logits, dim=-1)
+    logp = logp_all.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # [B, L-1]
+    entropy = -(logp_all.exp() * logp_all).sum(-1)  # [B, L-1]
+    per_token, used, metrics = entry.fn(logp, entropy.detach(), mask, cfg=lcfg)
+    return aggregate(per_token, used.float(), "token-mean"), metrics
 
 
 def task_texts(task: Task, n: int = 2000, seed: int = 0) -> list[str]:
@@ -146,11 +175,12 @@ def pretrain(
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.warmup, cfg.steps))
     rng = random.Random(cfg.seed)
+    loss_fn = sft_loss(cfg)
     t0 = time.perf_counter()
     losses = []
     for step in range(cfg.steps):
         ids, labels = _batch(tokenizer, task, rng, cfg.batch_size)
-        loss = model(input_ids=ids, attention_mask=(ids != tokenizer.pad_token_id).long(), labels=labels).loss
+        loss, _ = sft_step_loss(model, ids, labels, tokenizer.pad_token_id, loss_fn)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -191,8 +221,9 @@ def cached_base(
     concurrent callers end with one complete folder.
     """
     fields = asdict(cfg)
-    if cfg.tokenizer == "auto" and cfg.bpe_vocab == PretrainConfig.bpe_vocab:  # the keys of earlier base models
-        del fields["tokenizer"], fields["bpe_vocab"]
+    for name in ("tokenizer", "bpe_vocab", "loss", "loss_options"):  # at their defaults: earlier base models' keys
+        if fields[name] == getattr(PretrainConfig, name):
+            del fields[name]
     key = hashlib.sha256(json.dumps([task.name, fields], sort_keys=True).encode()).hexdigest()[:12]
     base = Path(cache or default_cache()) / "base" / f"{task.name}-{cfg.size}-{key}"
     if (base / "config.json").is_file() and (base / "model.safetensors").is_file():

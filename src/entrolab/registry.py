@@ -16,7 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Literal, get_args
 
-Axis = Literal["policy_loss", "advantage", "reward_shaper", "token_filter", "regularizer", "aggregation", "schedule"]
+Axis = Literal[
+    "policy_loss", "advantage", "reward_shaper", "token_filter", "regularizer", "aggregation", "schedule", "sft_loss"
+]
 AXES: tuple[str, ...] = get_args(Axis)
 
 

@@ -1,8 +1,8 @@
 """Light-IF: TEA-RL's covariance-weighted token entropy bonus, and the entropy-preserving SFT loss.
 
-``tea_rl`` is a regulariser (it needs the advantages, ``needs=("advantages",)``). ``entropy_sft`` is a plain
-function, not registered: it is a supervised loss for a cold-start / warm-start stage on demonstration
-tokens (e.g. ``entrolab.pretrain``), not a term of the RL loss on the policy's own samples.
+``tea_rl`` is a regulariser (it needs the advantages, ``needs=("advantages",)``). ``entropy_sft`` is on the
+``sft_loss`` axis: the loss of a cold-start / warm-start stage on demonstration tokens (``entrolab pretrain
+--loss entropy_sft``), not a term of the RL loss on the policy's own samples.
 """
 
 from __future__ import annotations
@@ -108,10 +108,11 @@ def tea_rl(
 class EntropySFTConfig:
     """Options of the entropy-preserving SFT loss."""
 
-    token_ratio: float = 0.2
-    """rho: fraction of the supervised tokens trained on (function default 0.2; Light-IF's README run 0.8)."""
-    entropy_coef: float = 1.0
-    """lambda in delta = CE - lambda H (function default 1.0; README run 0.8)."""
+    token_ratio: float = 0.8
+    """rho: fraction of the supervised tokens trained on (the authors' main cold-start run; their function's
+    default is 0.2)."""
+    entropy_coef: float = 0.8
+    """lambda in delta = CE - lambda H (the authors' main cold-start run; their function's default is 1.0)."""
 
     def __post_init__(self) -> None:
         if not 0 < self.token_ratio <= 1:
@@ -120,6 +121,13 @@ class EntropySFTConfig:
             raise ValueError(f"entropy_sft entropy_coef must be >= 0, got {self.entropy_coef}")
 
 
+@register(
+    "sft_loss",
+    "entropy_sft",
+    config=EntropySFTConfig,
+    paper="arXiv:2508.03178",
+    metrics=("sft/ce_mean", "sft/ce_selected_mean", "sft/entropy_selected_mean", "sft/frac_selected"),
+)
 def entropy_sft(
     logp: torch.Tensor, entropy: torch.Tensor, mask: torch.Tensor, *, cfg: EntropySFTConfig
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
@@ -142,8 +150,9 @@ def entropy_sft(
         supervised tokens), ``sft/ce_selected_mean``, ``sft/entropy_selected_mean``, ``sft/frac_selected``.
 
     Differences from the paper / released code:
-        Not a registered method (an SFT loss). The selection is over the tokens of the call (one micro-batch,
-        as the code); the code's ``num_items_in_batch`` variant, sum_S CE / floor(rho num_items), is
+        Defaults are the authors' main cold-start run (rho = lambda = 0.8), not their function's defaults
+        (0.2 / 1.0). The selection is over the tokens of the call (one micro-batch, as the code); the
+        code's ``num_items_in_batch`` variant, sum_S CE / floor(rho num_items), is
         ``aggregate(loss, selected, "token-mean", num_tokens=floor(rho * num_items))``.
 
     Example:

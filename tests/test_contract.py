@@ -148,6 +148,18 @@ def test_every_registered_method_keeps_the_contract(entry: registry.Entry) -> No
     elif entry.axis == "schedule":
         metrics = {}
         _check_schedule(entry, cfg)
+    elif entry.axis == "sampler":
+        keep, metrics = fn(
+            x["rewards"],
+            mask,
+            cfg=cfg,
+            group_id=ops.contiguous_groups(B, G),
+            shaped=x["rewards"],
+            lengths=x["lengths"],
+            entropy=x["entropy"].detach(),
+        )
+        grid = keep.view(-1, G)
+        assert keep.shape == (B,) and keep.dtype == torch.bool and torch.equal(grid.all(1), grid.any(1))
     elif entry.axis == "sft_loss":
         out, used, metrics = fn(x["logp"], x["entropy"].detach(), mask, cfg=cfg)
         assert used.shape == (B, T) and torch.all(~used.bool() | (mask == 1)), "an SFT loss uses only supervised tokens"

@@ -306,3 +306,16 @@ def test_two_processes_compute_filters_and_statistics_over_both(tiny_dir, tmp_pa
     alone, _ = apply_filters(methods, glob.select(slice(0, n // 2)), None, None)
     first = ranks[0]["attention_mask"].shape[1]
     assert not torch.equal(alone.loss_mask[:, :first], ranks[0]["loss_mask"])
+
+
+def test_dynamic_sampling_drops_flat_groups_from_the_loss_without_refill(tiny_dir, tmp_path):
+    tr = _trainer(tiny_dir, tmp_path, methods="dapo")
+    assert tr.entrolab_methods.samplers == ("dynamic_sampling",)
+    tr.model.train()
+    out = _hand_built(tr, 8, seed=11)
+    tr._rewards_per_func = torch.tensor([[1.0], [1.0], [1.0], [1.0], [0.0], [1.0], [0.0], [0.0]])  # groups of 4
+    tr.entrolab_prepare(out)
+    batch = tr._generation["train"].batch
+    assert float(batch.loss_mask[:4].sum()) == 0 and float(batch.loss_mask[4:].sum()) > 0
+    assert tr._metrics["train"]["sampler/kept_frac"][-1] == 0.5
+    assert tr._generation["train"].window_tokens == float(batch.loss_mask.sum())  # the dapo count drops them too

@@ -670,3 +670,13 @@ def test_the_documented_command_lines_compose_validate_and_choose_the_methods(tr
     assert run.spec.method_options()["forking_tokens"] == dict(rho=0.2, drop="zero_weight")
     assert run.spec.method_options()["ppo_clip"] == dict(eps_low=0.2, eps_high=0.28, dual_clip_c=3.0)
     assert losses.plain_problems(run.spec, run.methods)  # and the plain path would refuse it
+
+
+def test_samplers_are_refused_by_both_verl_paths_with_verls_own_alternative():
+    from entrolab.integrations.choice import MethodSpec
+    from entrolab.integrations.verl.loss_fn import trainer_problems
+    from entrolab.integrations.verl.losses import methods_of, plain_problems
+
+    spec = MethodSpec(samplers=("dynamic_sampling",))
+    assert any("filter_groups" in p for p in plain_problems(spec, methods_of(spec)))
+    assert any("filter_groups" in p for p in trainer_problems(methods_of(spec)))

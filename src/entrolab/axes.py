@@ -123,6 +123,25 @@ class Schedule(Protocol):
     ) -> tuple[dict[str, float], dict[str, float]]: ...
 
 
+class Sampler(Protocol):
+    """``(rewards [B], mask [B, T]) -> (keep [B] bool, metrics)``: which samples enter the update, decided after
+    rewards from rewards, shaped rewards, lengths, behaviour entropies and groups (never the model). ``keep`` is
+    the same for every row of a group; a config with ``max_rounds > 1`` lets the trainer draw more rollouts to
+    refill the batch."""
+
+    def __call__(
+        self,
+        rewards: torch.Tensor,
+        mask: torch.Tensor,
+        *,
+        cfg: Any,
+        group_id: torch.Tensor,
+        shaped: torch.Tensor,
+        lengths: torch.Tensor,
+        entropy: torch.Tensor,
+    ) -> tuple[torch.Tensor, Metrics]: ...
+
+
 class SftLoss(Protocol):
     """``(logp [B, T], entropy [B, T], mask [B, T]) -> (loss [B, T], used [B, T], metrics)`` for the supervised
     warm start on demonstration tokens: ``used`` (a subset of ``mask``) is what the loss is averaged over."""
@@ -141,6 +160,7 @@ PROTOCOLS: dict[str, type] = {
     "aggregation": Aggregation,
     "schedule": Schedule,
     "sft_loss": SftLoss,
+    "sampler": Sampler,
 }
 
 __all__ = [
@@ -151,6 +171,7 @@ __all__ = [
     "PolicyLoss",
     "Regularizer",
     "RewardShaper",
+    "Sampler",
     "Schedule",
     "SftLoss",
     "TokenFilter",

@@ -119,6 +119,8 @@ class TrainConfig:
     """Per-token terms added to the loss (kl, entropy_bonus, ...)."""
     schedules: Annotated[tuple[str, ...], arg(aliases=("--schedule",))] = ()
     """Controllers across steps that set other methods' options each step (adaptive_entropy, safe_pid, ...)."""
+    samplers: Annotated[tuple[str, ...], arg(aliases=("--sampler",))] = ()
+    """Which groups enter the update after rewards (dynamic_sampling draws more rollouts to refill the batch)."""
     options: Annotated[tuple[str, ...], arg(aliases=("--option",))] = ()
     """Method options as 'method.field=value', e.g. 'ppo_clip.eps_high=0.28' or 'kl.coef=0.01'."""
     norm_len: int | None = None
@@ -246,6 +248,7 @@ class TrainConfig:
             *(("token_filter", n) for n in self.token_filters),
             *(("regularizer", n) for n in self.regularizers),
             *(("schedule", n) for n in self.schedules),
+            *(("sampler", n) for n in self.samplers),
         ]
 
     def method_options(self) -> dict[str, dict[str, Any]]:

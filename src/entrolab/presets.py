@@ -23,7 +23,7 @@ from typing import Any
 
 # The TrainConfig fields that choose methods; every other field of a preset is recipe.
 METHOD_FIELDS = ("advantage", "policy_loss", "aggregation", "reward_shapers", "token_filters", "regularizers")
-METHOD_FIELDS += ("schedules", "options")
+METHOD_FIELDS += ("schedules", "samplers", "options")
 # What a preset leaves unset is the baseline's: these values, so presets never inherit each other's choices.
 BASELINE = dict(
     advantage="grpo",
@@ -33,6 +33,7 @@ BASELINE = dict(
     token_filters=(),
     regularizers=(),
     schedules=(),
+    samplers=(),
     options=(),
 )
 
@@ -77,8 +78,15 @@ PRESET_PARTS: dict[str, Preset] = {
     "grpo": Preset(method=dict(advantage="grpo"), recipe=dict(aggregation="seq-mean-token-mean")),
     # Understanding R1-Zero-Like Training (arXiv:2503.20783): no std, no length normalisation
     "dr_grpo": Preset(method=dict(advantage="dr_grpo", aggregation="seq-mean-token-sum-norm")),
-    # DAPO (arXiv:2503.14476): clip-higher, token-level mean, overlong filtering (dynamic sampling: issue 15)
-    "dapo": Preset(method=dict(aggregation="token-mean", token_filters=("overlong_filter",), options=DAPO_CLIP)),
+    # DAPO (arXiv:2503.14476): clip-higher, token-level mean, overlong filtering, dynamic sampling
+    "dapo": Preset(
+        method=dict(
+            aggregation="token-mean",
+            token_filters=("overlong_filter",),
+            samplers=("dynamic_sampling",),
+            options=DAPO_CLIP,
+        )
+    ),
     # Back to Basics (arXiv:2402.14740): leave-one-out baseline
     "rloo": Preset(method=dict(advantage="rloo"), recipe=dict(aggregation="seq-mean-token-mean")),
     # --- entropy control ------------------------------------------------------------------------------------

@@ -17,7 +17,15 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Literal, get_args
 
 Axis = Literal[
-    "policy_loss", "advantage", "reward_shaper", "token_filter", "regularizer", "aggregation", "schedule", "sft_loss"
+    "policy_loss",
+    "advantage",
+    "reward_shaper",
+    "token_filter",
+    "regularizer",
+    "aggregation",
+    "schedule",
+    "sft_loss",
+    "sampler",
 ]
 AXES: tuple[str, ...] = get_args(Axis)
 

@@ -166,6 +166,13 @@ class Scores:
             info=tuple(s.info for s in samples),
         )
 
+    def select(self, idx) -> Scores:
+        """The scores of rows ``idx`` (an index tensor), in that order."""
+        rows = [int(i) for i in idx]
+        tensors = ("reward", "right", "format_error", "errored", "timed_out")
+        picked = {k: getattr(self, k)[idx] for k in tensors}
+        return Scores(**picked, messages=tuple(self.messages[i] for i in rows), info=tuple(self.info[i] for i in rows))
+
     @classmethod
     def cat(cls, parts: Sequence[Scores]) -> Scores:
         """Concatenate the scores of consecutive batches."""

@@ -30,7 +30,6 @@ from typing import Any
 
 import torch
 
-from entrolab.batch import TokenBatch
 from entrolab.chat import with_chat_template
 from entrolab.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from entrolab.config import TrainConfig
@@ -44,9 +43,10 @@ from entrolab.progress import Progress
 from entrolab.rewards import RewardPool, load_reward_fn
 from entrolab.rollout import generate
 from entrolab.runfolder import claim_run_folder
+from entrolab.sampling import sampled_batch, scored_batch, shape_rewards
 from entrolab.signals import StopFlag
 from entrolab.sinks import make_sinks
-from entrolab.stepstats import fill_errored, seed_everything, step_metrics
+from entrolab.stepstats import seed_everything, step_metrics
 from entrolab.update import Methods, inactive_warnings
 
 # Keys the trainer itself logs every step (methods add theirs); what a schedule may read is checked against them.
@@ -149,27 +149,43 @@ def _loop(cfg, run, resume, model, tokenizer, ref_model, task, methods, pool, lo
                 values.update(v)
             step_methods = methods.configured(values)
             m: dict[str, float] = {f"schedule/{k}": float(v) for k, v in values.items()}
-            # --- data and rollout ----------------------------------------------------------------------
-            examples = prompts_at(task, cfg.seed, s["position"], cfg.prompts_per_step)
-            s["position"] += cfg.prompts_per_step
-            rollout = generate(
-                model,
-                tokenizer,
-                [task.prompt(e) for e in examples],
+            # --- data, rollout and rewards (more rounds when a sampler drops groups) -----------------------
+            spent = {"rollout": 0.0, "reward": 0.0}
+
+            def draw(step_methods=step_methods, spent=spent):
+                t_draw = time.perf_counter()
+                examples = prompts_at(task, cfg.seed, s["position"], cfg.prompts_per_step)
+                s["position"] += cfg.prompts_per_step
+                rollout = generate(
+                    model,
+                    tokenizer,
+                    [task.prompt(e) for e in examples],
+                    group_size=cfg.group_size,
+                    max_new_tokens=cfg.max_new_tokens,
+                    temperature=cfg.temperature,
+                    top_p=cfg.top_p,
+                    generator=gen,
+                    extras={k: ROLLOUT_EXTRAS[k] for k in step_methods.needs if k in ROLLOUT_EXTRAS},
+                    backend=cfg.backend,
+                )
+                t_score = time.perf_counter()
+                texts = decode_completions(tokenizer, rollout)
+                scored = pool.score(texts, [e for e in examples for _ in range(cfg.group_size)])
+                spent["rollout"] += t_score - t_draw
+                spent["reward"] += time.perf_counter() - t_score
+                return rollout, scored
+
+            rollout, scores, sampler_metrics = sampled_batch(
+                draw,
+                step_methods,
                 group_size=cfg.group_size,
-                max_new_tokens=cfg.max_new_tokens,
-                temperature=cfg.temperature,
-                top_p=cfg.top_p,
-                generator=gen,
-                extras={k: ROLLOUT_EXTRAS[k] for k in methods.needs if k in ROLLOUT_EXTRAS},
-                backend=cfg.backend,
+                n_groups=cfg.prompts_per_step,
+                max_length=cfg.max_new_tokens,
+                pad_id=tokenizer.pad_token_id,
             )
-            batch = TokenBatch.from_rollout(rollout, cfg.group_size)
+            m.update(sampler_metrics)
             t1 = time.perf_counter()
             # --- rewards and advantages ----------------------------------------------------------------
-            scores = pool.score(
-                decode_completions(tokenizer, rollout), [e for e in examples for _ in range(cfg.group_size)]
-            )
             if bool(scores.errored.any()):  # --on-reward-error skip: dropped, counted, and said
                 first = next(m for m in scores.messages if m).splitlines()[0]
                 n, t = int(scores.errored.sum()), int(scores.timed_out.sum())
@@ -177,19 +193,9 @@ def _loop(cfg, run, resume, model, tokenizer, ref_model, task, methods, pool, lo
                     f"warning: step {step}: {n} rewards failed ({t} timed out), dropped; first: {first}",
                     file=sys.stderr,
                 )
-            batch = batch.replace(loss_mask=batch.attention_mask * (~scores.errored).float().unsqueeze(-1))
-            rewards = fill_errored(scores.reward, scores.errored, batch.group_id)  # [B]
-            for entry, rcfg in step_methods.shapers:
-                rewards, sm = entry.fn(
-                    rewards,
-                    batch.loss_mask,
-                    cfg=rcfg,
-                    group_id=batch.group_id,
-                    lengths=batch.lengths,
-                    truncated=batch.truncated,
-                    max_length=cfg.max_new_tokens,
-                )
-                m.update({k: float(v) for k, v in sm.items()})
+            batch = scored_batch(rollout, scores, cfg.group_size)
+            _, rewards, sm = shape_rewards(step_methods, batch, scores, cfg.max_new_tokens)  # [B]
+            m.update(sm)
             adv_entry, adv_cfg = step_methods.advantage
             advantages, am = adv_entry.fn(rewards, batch.loss_mask, cfg=adv_cfg, group_id=batch.group_id)
             batch = batch.replace(advantages=advantages)
@@ -218,7 +224,8 @@ def _loop(cfg, run, resume, model, tokenizer, ref_model, task, methods, pool, lo
             m["time/entropy_probe"] = t3 - t_probe
             # --- log -----------------------------------------------------------------------------------
             m.update(step_metrics(batch, scores, rewards, grad_norms, sched.get_last_lr()[0]))
-            m.update({"time/rollout": t1 - t0, "time/reward": t2 - t1, "time/update": t3 - t2, "time/step": t3 - t0})
+            timing = {"time/rollout": spent["rollout"], "time/reward": spent["reward"] + (t2 - t1)}
+            m.update({**timing, "time/update": t3 - t2, "time/step": t3 - t0})
             m["throughput/tokens_per_s"] = float(batch.attention_mask.sum()) / (t3 - t0)
             if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
                 ev, detail = evaluate(model, tokenizer, task, seed=cfg.seed, return_detail=True, **eval_kw)

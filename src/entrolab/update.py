@@ -52,6 +52,7 @@ class MethodChoice(Protocol):
     token_filters: tuple[str, ...]
     regularizers: tuple[str, ...]
     schedules: tuple[str, ...]
+    samplers: tuple[str, ...]
 
     def method_options(self) -> dict[str, dict[str, Any]]: ...
 
@@ -76,6 +77,7 @@ class Methods:
         self.filters = [pick("token_filter", n) for n in choice.token_filters]
         self.regularizers = [pick("regularizer", n) for n in choice.regularizers]
         self.schedules = [pick("schedule", n) for n in choice.schedules]
+        self.samplers = [pick("sampler", n) for n in getattr(choice, "samplers", ())]
         self.state: dict[str, dict[str, float]] = {}
         needs = {n for e, _ in self.trained() for n in e.needs}
         unknown = sorted(needs - set(SUPPLIED_NEEDS))

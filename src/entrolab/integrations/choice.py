@@ -22,7 +22,7 @@ from entrolab.grid import preset_of, recipe_options
 from entrolab.presets import BASELINE, METHOD_FIELDS
 
 KEYS = ("preset", *METHOD_FIELDS)
-LISTS = ("reward_shapers", "token_filters", "regularizers", "schedules", "options")
+LISTS = ("reward_shapers", "token_filters", "regularizers", "schedules", "samplers", "options")
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,7 @@ class MethodSpec:
     token_filters: tuple[str, ...] = ()
     regularizers: tuple[str, ...] = ()
     schedules: tuple[str, ...] = ()
+    samplers: tuple[str, ...] = ()
     options: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -51,6 +52,7 @@ class MethodSpec:
             *(("token_filter", n) for n in self.token_filters),
             *(("regularizer", n) for n in self.regularizers),
             *(("schedule", n) for n in self.schedules),
+            *(("sampler", n) for n in self.samplers),
         ]
 
     def method_options(self) -> dict[str, dict[str, Any]]:

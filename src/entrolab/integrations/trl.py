@@ -29,6 +29,8 @@ checked at import):
 
 Entrolab's metric keys (``clip/frac_cov``, ``filter/frac_kept``, ``adv/std``, ``reward/errors``,
 ``entropy/token_mean``, ``schedule/...``) go to TRL's logs, as token-weighted means over all processes.
+A sampler (``dynamic_sampling``) drops groups from the loss and its counts but draws no new rollouts (TRL's
+generation owns them).
 
 Differences from entrolab's own trainer and from TRL:
 - Filters and statistics span the generation batch (``per_device_train_batch_size * steps_per_generation`` rows
@@ -211,7 +213,7 @@ class EntrolabGRPOTrainer(GRPOTrainer):
         loss_mask = attn * out["tool_mask"].float() if out.get("tool_mask") is not None else attn.clone()
         truncated = truncated_rows(ids, cmask, self.eos_token_ids)
         needs_pass = bool(methods.filters) or any(e.stats is not None for e, _ in methods.trained())
-        needs_pass = needs_pass or bool({"old_entropy", "vocab_baseline"} & methods.needs)
+        needs_pass = needs_pass or bool({"old_entropy", "vocab_baseline"} & methods.needs) or bool(methods.samplers)
         old_logp, old_entropy = torch.zeros_like(attn), torch.zeros_like(attn)
         extras: dict[str, torch.Tensor] = {}
         if needs_pass:
@@ -252,6 +254,18 @@ class EntrolabGRPOTrainer(GRPOTrainer):
                 max_length=self.max_completion_length,
             )
             m.update({k: float(v) for k, v in sm.items()})
+        for entry, scfg in methods.samplers:  # no refill in TRL: a dropped group leaves the loss and its counts
+            keep, km = entry.fn(
+                raw,
+                glob.loss_mask,
+                cfg=scfg,
+                group_id=group_id,
+                shaped=rewards,
+                lengths=glob.lengths,
+                entropy=glob.old_entropy,
+            )
+            glob = glob.replace(loss_mask=glob.loss_mask * keep.float().unsqueeze(1))
+            m.update({k: float(v) for k, v in km.items()})
         adv_entry, adv_cfg = methods.advantage
         advantages, am = adv_entry.fn(rewards, glob.loss_mask, cfg=adv_cfg, group_id=group_id)
         m.update({k: float(v) for k, v in am.items()})

@@ -41,12 +41,18 @@ GATHERED = ("attention_mask", "loss_mask", "old_logp", "old_entropy", "advantage
 
 def trainer_problems(methods: Methods) -> list[str]:
     """Why ``methods`` cannot run even in the entrolab trainer (empty: they can)."""
-    return [
+    out = [
         f"{e.name!r} needs {n}: {why}"
         for e, _ in methods.trained()
         for n, why in UNSUPPORTED_NEEDS.items()
         if n in e.needs
     ]
+    out += [
+        f"sampler {e.name!r} chooses groups before the update and may draw more rollouts, which verl's rollout "
+        "owns: use verl's own algorithm.filter_groups (its DAPO recipe) instead"
+        for e, _ in methods.samplers
+    ]
+    return out
 
 
 def needs_gather(methods: Methods) -> bool:

@@ -44,6 +44,7 @@ def plain_problems(spec: MethodSpec, methods: Methods) -> list[str]:
     for axis, names in (("token filter", spec.token_filters), ("regulariser", spec.regularizers)):
         out += [f"{axis} {n!r} needs the entropy / batch statistics of the update" for n in names]
     out += [f"schedule {n!r} sets options between steps" for n in spec.schedules]
+    out += [f"sampler {n!r} needs the rollouts (verl: algorithm.filter_groups)" for n in spec.samplers]
     entry, cfg = methods.policy_loss
     missing = [n for n in entry.needs if n not in PLAIN_NEEDS]
     if missing:

@@ -23,7 +23,7 @@ commands:
   eval       sample N completions per test prompt: accuracy, length, format errors, pass@k
   train      RL post-training with a preset or a choice per axis; --resume RUN_DIR continues a run
   demo       base model (cached) + GRPO training + eval, one command
-  methods    every registered method per axis, with its paper (--json for machine-readable)
+  methods    every registered method per axis, with its paper (--json machine-readable, --markdown docs/methods.md)
   compare    several methods x seeds on the same base model and data order, then the report
   report     render CMP/report.html again from a comparison folder's saved metrics (no training)
 """
@@ -324,9 +324,14 @@ def cmd_methods(argv: list[str]) -> int:
     from entrolab import catalogue
 
     as_json = "--json" in argv
-    bad = [a for a in argv if a != "--json"]
+    bad = [a for a in argv if a not in ("--json", "--markdown")]
     if bad:
-        raise ValueError(f"entrolab methods takes only --json, got {bad}")
+        raise ValueError(f"entrolab methods takes only --json or --markdown, got {bad}")
+    if "--markdown" in argv:
+        from entrolab.methods_doc import render_methods_markdown
+
+        sys.stdout.write(render_methods_markdown())
+        return 0
     entries = catalogue.entries()
     if as_json:
         print(

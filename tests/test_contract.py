@@ -112,7 +112,7 @@ def test_every_registered_method_keeps_the_contract(entry: registry.Entry) -> No
         extra["state"] = {}
     grad_of: list[torch.Tensor] = []
     if entry.axis == "advantage":
-        adv, metrics = fn(x["rewards"], mask, cfg=cfg, group_id=ops.contiguous_groups(B, G))
+        adv, metrics = fn(x["rewards"], mask, cfg=cfg, group_id=ops.contiguous_groups(B, G), **extra)
         assert adv.shape in ((B, 1), (B, T)) and torch.isfinite(adv).all()
     elif entry.axis == "reward_shaper":
         shaped, metrics = fn(
@@ -207,7 +207,7 @@ def test_docstring_examples_run(module: str) -> None:
 
 
 def test_unknown_name_lists_known_ones() -> None:
-    with pytest.raises(ValueError, match=r"known: dr_grpo, grpo, rloo") as err:
+    with pytest.raises(ValueError, match=r"known: canon, dr_grpo, grpo, rloo") as err:
         catalogue.get("advantage", "gpro")
     assert "package.module:function" in str(err.value)
     with pytest.raises(ValueError, match="allowed"):

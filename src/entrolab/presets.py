@@ -89,6 +89,9 @@ PRESET_PARTS: dict[str, Preset] = {
     ),
     # Back to Basics (arXiv:2402.14740): leave-one-out baseline
     "rloo": Preset(method=dict(advantage="rloo"), recipe=dict(aggregation="seq-mean-token-mean")),
+    # CANON (arXiv:2509.23962): CANON-Inter by the behaviour entropy (the paper's best for math), on Dr.GRPO's
+    # aggregation (the code divides by the maximum length under seq-mean-token-sum)
+    "canon": Preset(method=dict(advantage="canon", aggregation="seq-mean-token-sum-norm")),
     # --- entropy control ------------------------------------------------------------------------------------
     # a static entropy bonus (the standard baseline of every entropy paper)
     "entropy_bonus": Preset(method=dict(regularizers=("entropy_bonus",), options=("entropy_bonus.coef=0.001",))),

@@ -197,7 +197,8 @@ def _loop(cfg, run, resume, model, tokenizer, ref_model, task, methods, pool, lo
             _, rewards, sm = shape_rewards(step_methods, batch, scores, cfg.max_new_tokens)  # [B]
             m.update(sm)
             adv_entry, adv_cfg = step_methods.advantage
-            advantages, am = adv_entry.fn(rewards, batch.loss_mask, cfg=adv_cfg, group_id=batch.group_id)
+            adv_extra = {"old_entropy": batch.old_entropy} if "old_entropy" in adv_entry.needs else {}
+            advantages, am = adv_entry.fn(rewards, batch.loss_mask, cfg=adv_cfg, group_id=batch.group_id, **adv_extra)
             batch = batch.replace(advantages=advantages)
             m.update({k: float(v) for k, v in am.items()})
             if ref_model is not None:  # the frozen reference's log-probs, once per rollout

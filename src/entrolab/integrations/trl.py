@@ -214,6 +214,7 @@ class EntrolabGRPOTrainer(GRPOTrainer):
         truncated = truncated_rows(ids, cmask, self.eos_token_ids)
         needs_pass = bool(methods.filters) or any(e.stats is not None for e, _ in methods.trained())
         needs_pass = needs_pass or bool({"old_entropy", "vocab_baseline"} & methods.needs) or bool(methods.samplers)
+        needs_pass = needs_pass or "old_entropy" in methods.advantage[0].needs
         old_logp, old_entropy = torch.zeros_like(attn), torch.zeros_like(attn)
         extras: dict[str, torch.Tensor] = {}
         if needs_pass:
@@ -267,7 +268,8 @@ class EntrolabGRPOTrainer(GRPOTrainer):
             glob = glob.replace(loss_mask=glob.loss_mask * keep.float().unsqueeze(1))
             m.update({k: float(v) for k, v in km.items()})
         adv_entry, adv_cfg = methods.advantage
-        advantages, am = adv_entry.fn(rewards, glob.loss_mask, cfg=adv_cfg, group_id=group_id)
+        adv_extra = {"old_entropy": glob.old_entropy} if "old_entropy" in adv_entry.needs else {}
+        advantages, am = adv_entry.fn(rewards, glob.loss_mask, cfg=adv_cfg, group_id=group_id, **adv_extra)
         m.update({k: float(v) for k, v in am.items()})
         glob = glob.replace(advantages=advantages)
         gen = torch.Generator().manual_seed(int(self.args.seed) * 1_000_003 + int(self._step))  # same on every rank

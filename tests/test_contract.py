@@ -69,6 +69,7 @@ def _inputs(seed: int = 0) -> dict[str, torch.Tensor]:
         "old_entropy": ops.entropy_from_logits(logits),  # [B, T] rollout policy
         "vocab_baseline": ops.discriminator_baseline_from_logits(logits),  # [B, T] sum_v p_v^2 (H + log p_v)
         "generator": torch.Generator().manual_seed(seed),  # the run's generator, for random subsets
+        "answer_phase": (torch.rand(B, T, generator=g) > 0.5).float(),  # [B, T] tokens after the answer marker
     }
 
 
@@ -123,6 +124,7 @@ def test_every_registered_method_keeps_the_contract(entry: registry.Entry) -> No
             lengths=x["lengths"],
             truncated=x["truncated"],
             max_length=MAX_LENGTH,
+            **extra,
         )
         assert shaped.shape == (B,) and torch.isfinite(shaped).all()
     elif entry.axis == "token_filter":

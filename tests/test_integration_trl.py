@@ -319,3 +319,15 @@ def test_dynamic_sampling_drops_flat_groups_from_the_loss_without_refill(tiny_di
     assert float(batch.loss_mask[:4].sum()) == 0 and float(batch.loss_mask[4:].sum()) > 0
     assert tr._metrics["train"]["sampler/kept_frac"][-1] == 0.5
     assert tr._generation["train"].window_tokens == float(batch.loss_mask.sum())  # the dapo count drops them too
+
+
+def test_pear_gets_the_behaviour_entropies_and_answer_phase_in_the_adapter(tiny_dir, tmp_path):
+    tr = _trainer(tiny_dir, tmp_path, methods="pear")
+    tr.model.train()
+    out = _hand_built(tr, 8, seed=12)
+    tr._rewards_per_func = torch.ones(8, 1)  # every answer right: the reward is 1 - P
+    out = tr.entrolab_prepare(out)
+    gen = tr._generation["train"]
+    assert float(gen.batch.old_entropy.abs().sum()) > 0  # the behaviour pass ran for PEAR
+    assert tr._metrics["train"]["pear/think_entropy"][-1] > 0
+    assert tr._metrics["train"]["reward/shaped_mean"][-1] < 1.0

@@ -92,6 +92,8 @@ PRESET_PARTS: dict[str, Preset] = {
     # CANON (arXiv:2509.23962): CANON-Inter by the behaviour entropy (the paper's best for math), on Dr.GRPO's
     # aggregation (the code divides by the maximum length under seq-mean-token-sum)
     "canon": Preset(method=dict(advantage="canon", aggregation="seq-mean-token-sum-norm")),
+    # PEAR (arXiv:2510.08026): phase-entropy-aware reward on GRPO (alpha = 1, the paper's best)
+    "pear": Preset(method=dict(reward_shapers=("pear",))),
     # --- entropy control ------------------------------------------------------------------------------------
     # a static entropy bonus (the standard baseline of every entropy paper)
     "entropy_bonus": Preset(method=dict(regularizers=("entropy_bonus",), options=("entropy_bonus.coef=0.001",))),

@@ -28,7 +28,9 @@ def shape_rewards(
     """-> (the rewards with errored samples set to their group's mean [B], the shaped rewards [B], metrics)."""
     raw = fill_errored(scores.reward, scores.errored, batch.group_id)  # [B]
     rewards, m = raw, {}
+    available = {"old_entropy": batch.old_entropy, **batch.extras}
     for entry, rcfg in methods.shapers:
+        extra = {k: available[k] for k in entry.needs if k in available}
         rewards, sm = entry.fn(
             rewards,
             batch.loss_mask,
@@ -37,9 +39,25 @@ def shape_rewards(
             lengths=batch.lengths,
             truncated=batch.truncated,
             max_length=max_length,
+            **extra,
         )
         m.update({k: float(v) for k, v in sm.items()})
     return raw, rewards, m
+
+
+def answer_phase(response_ids: torch.Tensor, mask: torch.Tensor, marker_ids: list[int]) -> torch.Tensor:
+    """1 on each response's tokens from the start of its last occurrence of ``marker_ids`` on (all 0 when the
+    marker is absent), within ``mask``.  [B, T]"""
+    out = torch.zeros_like(mask, dtype=torch.float32)
+    n = len(marker_ids)
+    if n == 0:
+        return out
+    for i, (ids, length) in enumerate(zip(response_ids.tolist(), mask.sum(-1).long().tolist(), strict=True)):
+        for start in range(length - n, -1, -1):
+            if ids[start : start + n] == marker_ids:
+                out[i, start:length] = 1.0
+                break
+    return out
 
 
 def scored_batch(rollout: Rollout, scores: Scores, group_size: int) -> TokenBatch:
@@ -108,4 +126,4 @@ def sampled_batch(
     return whole.select(rows), Scores.cat(parts).select(rows), metrics
 
 
-__all__ = ["Draw", "sampled_batch", "scored_batch", "shape_rewards"]
+__all__ = ["Draw", "answer_phase", "sampled_batch", "scored_batch", "shape_rewards"]

@@ -43,10 +43,11 @@ from entrolab.progress import Progress
 from entrolab.rewards import RewardPool, load_reward_fn
 from entrolab.rollout import generate
 from entrolab.runfolder import claim_run_folder
-from entrolab.sampling import sampled_batch, scored_batch, shape_rewards
+from entrolab.sampling import answer_phase, sampled_batch, scored_batch, shape_rewards
 from entrolab.signals import StopFlag
 from entrolab.sinks import make_sinks
 from entrolab.stepstats import seed_everything, step_metrics
+from entrolab.tasks import ANSWER_TAG
 from entrolab.update import Methods, inactive_warnings
 
 # Keys the trainer itself logs every step (methods add theirs); what a schedule may read is checked against them.
@@ -168,6 +169,9 @@ def _loop(cfg, run, resume, model, tokenizer, ref_model, task, methods, pool, lo
                     extras={k: ROLLOUT_EXTRAS[k] for k in step_methods.needs if k in ROLLOUT_EXTRAS},
                     backend=cfg.backend,
                 )
+                if "answer_phase" in step_methods.shaper_needs:
+                    marker = tokenizer(ANSWER_TAG, add_special_tokens=False)["input_ids"]
+                    rollout.extras["answer_phase"] = answer_phase(rollout.response_ids, rollout.response_mask, marker)
                 t_score = time.perf_counter()
                 texts = decode_completions(tokenizer, rollout)
                 scored = pool.score(texts, [e for e in examples for _ in range(cfg.group_size)])

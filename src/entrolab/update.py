@@ -39,6 +39,7 @@ SUPPLIED_NEEDS = {
     "old_entropy": "the rollout's (behaviour policy's) entropy [B, T]",
     "vocab_baseline": "sum_j p_j^2 (H + log p_j) of the behaviour policy, recorded while sampling",
     "generator": "the run's torch.Generator, for methods that draw random subsets",
+    "answer_phase": "1 on the response tokens from its last answer marker ('answer:') on [B, T] (reward shapers)",
 }
 
 
@@ -80,7 +81,8 @@ class Methods:
         self.samplers = [pick("sampler", n) for n in getattr(choice, "samplers", ())]
         self.state: dict[str, dict[str, float]] = {}
         needs = {n for e, _ in self.trained() for n in e.needs}
-        unknown = sorted(needs - set(SUPPLIED_NEEDS))
+        self.shaper_needs = {n for e, _ in self.shapers for n in e.needs}
+        unknown = sorted((needs | self.shaper_needs | set(self.advantage[0].needs)) - set(SUPPLIED_NEEDS))
         if unknown:
             raise ValueError(
                 f"a chosen method needs {unknown}, which the caller cannot supply: {sorted(SUPPLIED_NEEDS)}"

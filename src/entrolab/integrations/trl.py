@@ -77,7 +77,9 @@ from entrolab.integrations.trl_data import (  # noqa: E402
     rows_of,
     truncated_rows,
 )
+from entrolab.sampling import answer_phase  # noqa: E402
 from entrolab.stepstats import fill_errored  # noqa: E402
+from entrolab.tasks import ANSWER_TAG  # noqa: E402
 from entrolab.update import Methods, apply_filters, compose, minibatch_stats, slice_stats  # noqa: E402
 
 STATE_FILE = "entrolab_state.json"
@@ -214,12 +216,17 @@ class EntrolabGRPOTrainer(GRPOTrainer):
         truncated = truncated_rows(ids, cmask, self.eos_token_ids)
         needs_pass = bool(methods.filters) or any(e.stats is not None for e, _ in methods.trained())
         needs_pass = needs_pass or bool({"old_entropy", "vocab_baseline"} & methods.needs) or bool(methods.samplers)
-        needs_pass = needs_pass or "old_entropy" in methods.advantage[0].needs
+        needs_pass = needs_pass or "old_entropy" in {*methods.advantage[0].needs, *methods.shaper_needs}
         old_logp, old_entropy = torch.zeros_like(attn), torch.zeros_like(attn)
         extras: dict[str, torch.Tensor] = {}
         if needs_pass:
             old_logp, old_entropy, extras = behaviour_pass(
                 self, out, "vocab_baseline" in methods.needs, {k: out[k] for k in MM_KEYS if k in out}
+            )
+        if "answer_phase" in methods.shaper_needs:  # 1 from the last answer marker on (PEAR's phases)
+            tok = getattr(self.processing_class, "tokenizer", self.processing_class)
+            extras["answer_phase"] = answer_phase(
+                ids, cmask.float(), tok(ANSWER_TAG, add_special_tokens=False)["input_ids"]
             )
         # the whole generation batch, every process's rows (N = b * processes)
         rewards_pf = self._rewards_per_func
@@ -244,6 +251,7 @@ class EntrolabGRPOTrainer(GRPOTrainer):
         )
         rewards = fill_errored(raw, unscorable, group_id)
         m: dict[str, float] = {}
+        available = {"old_entropy": glob.old_entropy, **glob.extras}
         for entry, rcfg in methods.shapers:
             rewards, sm = entry.fn(
                 rewards,
@@ -253,6 +261,7 @@ class EntrolabGRPOTrainer(GRPOTrainer):
                 lengths=glob.lengths,
                 truncated=glob.truncated,
                 max_length=self.max_completion_length,
+                **{k: available[k] for k in entry.needs if k in available},
             )
             m.update({k: float(v) for k, v in sm.items()})
         for entry, scfg in methods.samplers:  # no refill in TRL: a dropped group leaves the loss and its counts

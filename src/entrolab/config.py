@@ -22,7 +22,7 @@ from tyro.conf import arg
 from entrolab import catalogue
 from entrolab.chat import CHAT_TEMPLATE_MODES, ChatTemplateMode
 from entrolab.kinds import Backend, LRSchedule
-from entrolab.presets import PRESETS
+from entrolab.presets import AXIS_FIELDS, PRESETS
 from entrolab.rewards import OnRewardError
 
 _VALIDATE = contextvars.ContextVar("entrolab_validate_config", default=True)
@@ -240,16 +240,7 @@ class TrainConfig:
 
     def selected(self) -> list[tuple[str, str]]:
         """(axis, name) of every method this run uses."""
-        return [
-            ("advantage", self.advantage),
-            ("policy_loss", self.policy_loss),
-            ("aggregation", self.aggregation),
-            *(("reward_shaper", n) for n in self.reward_shapers),
-            *(("token_filter", n) for n in self.token_filters),
-            *(("regularizer", n) for n in self.regularizers),
-            *(("schedule", n) for n in self.schedules),
-            *(("sampler", n) for n in self.samplers),
-        ]
+        return selected_methods(self)
 
     def method_options(self) -> dict[str, dict[str, Any]]:
         """The parsed ``options`` per method name; raises on an unknown method, field or bad value."""
@@ -280,6 +271,15 @@ class TrainCommand:
     """A run TOML: top-level keys are the flags' names with underscores; [options.METHOD] tables set options."""
     overwrite: bool = False
     """Replace the run already in --out (without it, a folder that holds a run is refused)."""
+
+
+def selected_methods(choice: Any) -> list[tuple[str, str]]:
+    """(axis, name) of every method an object with the ``AXIS_FIELDS`` attributes chooses."""
+    out = []
+    for axis, name in AXIS_FIELDS.items():
+        value = getattr(choice, name)
+        out += [(axis, value)] if isinstance(value, str) else [(axis, n) for n in value]
+    return out
 
 
 def parse_method_options(selected: list[tuple[str, str]], options: tuple[str, ...]) -> dict[str, dict[str, Any]]:
@@ -343,4 +343,13 @@ def save_json(cfg: TrainConfig, path: Path) -> None:
     path.write_text(json.dumps(cfg.to_json(), indent=2))
 
 
-__all__ = ["PRESETS", "TrainCommand", "TrainConfig", "base_config", "load_toml", "parse_method_options", "save_json"]
+__all__ = [
+    "PRESETS",
+    "TrainCommand",
+    "TrainConfig",
+    "base_config",
+    "load_toml",
+    "parse_method_options",
+    "save_json",
+    "selected_methods",
+]

@@ -13,7 +13,7 @@ import textwrap
 from typing import Any
 
 from entrolab import catalogue
-from entrolab.presets import PRESET_PARTS
+from entrolab.presets import AXIS_FIELDS, PRESET_PARTS
 from entrolab.registry import Entry
 
 SECTIONS = ("Args:", "Returns:", "Differences from the paper", "Example:")
@@ -92,19 +92,8 @@ def render_entry(e: Entry) -> str:
 
 
 def _uses(method: dict[str, Any], e: Entry) -> bool:
-    axis_field = {
-        "advantage": "advantage",
-        "policy_loss": "policy_loss",
-        "aggregation": "aggregation",
-        "reward_shaper": "reward_shapers",
-        "token_filter": "token_filters",
-        "regularizer": "regularizers",
-        "schedule": "schedules",
-        "sampler": "samplers",
-    }.get(e.axis)
-    if axis_field is None:
-        return False
-    value = method.get(axis_field, ())
+    field = AXIS_FIELDS.get(e.axis)
+    value = method.get(field, ()) if field else ()
     return e.name == value if isinstance(value, str) else e.name in value
 
 

@@ -21,9 +21,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+# The choice field of each axis (a single name, or a tuple of names for the axes that take several).
+AXIS_FIELDS = {
+    "advantage": "advantage",
+    "policy_loss": "policy_loss",
+    "aggregation": "aggregation",
+    "reward_shaper": "reward_shapers",
+    "token_filter": "token_filters",
+    "regularizer": "regularizers",
+    "schedule": "schedules",
+    "sampler": "samplers",
+}
 # The TrainConfig fields that choose methods; every other field of a preset is recipe.
-METHOD_FIELDS = ("advantage", "policy_loss", "aggregation", "reward_shapers", "token_filters", "regularizers")
-METHOD_FIELDS += ("schedules", "samplers", "options")
+METHOD_FIELDS = (*AXIS_FIELDS.values(), "options")
 # What a preset leaves unset is the baseline's: these values, so presets never inherit each other's choices.
 BASELINE = dict(
     advantage="grpo",
@@ -169,4 +179,4 @@ PRESET_PARTS: dict[str, Preset] = {
 }
 PRESETS: dict[str, dict[str, Any]] = {name: p.full() for name, p in PRESET_PARTS.items()}
 
-__all__ = ["BASELINE", "DAPO_CLIP", "METHOD_FIELDS", "PRESETS", "PRESET_PARTS", "Need", "Preset"]
+__all__ = ["AXIS_FIELDS", "BASELINE", "DAPO_CLIP", "METHOD_FIELDS", "PRESETS", "PRESET_PARTS", "Need", "Preset"]

@@ -21,7 +21,7 @@ from typing import Literal, get_args
 
 import torch
 
-from entrolab import catalogue
+from entrolab import catalogue, ops
 from entrolab.methods.aggregation import aggregate
 from entrolab.models import (
     SIZES,
@@ -129,10 +129,10 @@ def sft_step_loss(model, ids: torch.Tensor, labels: torch.Tensor, pad_id: int, l
     logits = model(input_ids=ids, attention_mask=(ids != pad_id).long()).logits[:, :-1].float()  # [B, L-1, V]
     target = labels[:, 1:]  # [B, L-1]
     mask = (target != -100).float()
-    logp_all = torch.log_softmax(logits, dim=-1)
-    logp = logp_all.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # [B, L-1]
-    entropy = -(logp_all.exp() * logp_all).sum(-1)  # [B, L-1]
-    per_token, used, metrics = entry.fn(logp, entropy.detach(), mask, cfg=lcfg)
+    logp = ops.logprobs_from_logits(logits, target.clamp(min=0))  # [B, L-1]
+    with torch.no_grad():
+        entropy = ops.entropy_from_logits(logits)  # [B, L-1]; ranks tokens only (Entropy-SFT)
+    per_token, used, metrics = entry.fn(logp, entropy, mask, cfg=lcfg)
     return aggregate(per_token, used.float(), "token-mean"), metrics
 
 

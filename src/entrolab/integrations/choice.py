@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
-from entrolab.config import parse_method_options
+from entrolab.config import parse_method_options, selected_methods
 from entrolab.grid import preset_of, recipe_options
 from entrolab.presets import BASELINE, METHOD_FIELDS
 
@@ -44,16 +44,7 @@ class MethodSpec:
 
     def selected(self) -> list[tuple[str, str]]:
         """(axis, name) of every method chosen."""
-        return [
-            ("advantage", self.advantage),
-            ("policy_loss", self.policy_loss),
-            ("aggregation", self.aggregation),
-            *(("reward_shaper", n) for n in self.reward_shapers),
-            *(("token_filter", n) for n in self.token_filters),
-            *(("regularizer", n) for n in self.regularizers),
-            *(("schedule", n) for n in self.schedules),
-            *(("sampler", n) for n in self.samplers),
-        ]
+        return selected_methods(self)
 
     def method_options(self) -> dict[str, dict[str, Any]]:
         return parse_method_options(self.selected(), self.options)

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from entrolab.batch import TokenBatch
-from entrolab.ops import discriminator_baseline_from_logits
+from entrolab.ops import discriminator_baseline_from_logits, entropy_from_logits, logprobs_from_logits
 
 # Keys the adapter logs besides its methods' own (what a schedule may read).
 ADAPTER_METRICS = (
@@ -50,10 +50,8 @@ def forward_with_logits(
     (TRL's fused LM head is not used without ``fused_lm_head=True``).  [B, T], [B, T], [B, T, V]"""
     logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, -keep - 1 : -1, :]
     logits = logits.float() / temperature  # [B, T, V]
-    logp_all = torch.log_softmax(logits, dim=-1)
-    logp = logp_all.gather(-1, input_ids[:, -keep:].unsqueeze(-1)).squeeze(-1)  # [B, T]
-    entropy = -(logp_all.exp() * logp_all).sum(-1)  # [B, T]
-    return logp, entropy, logits
+    logp = logprobs_from_logits(logits, input_ids[:, -keep:])  # [B, T]
+    return logp, entropy_from_logits(logits), logits
 
 
 @torch.no_grad()

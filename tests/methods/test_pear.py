@@ -62,3 +62,22 @@ def test_the_pear_preset_trains_two_steps_through_the_cli(tiny_dir, tmp_path):
     assert main([*argv, "--out", str(run), "--no-progress"]) == 0
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()][1:]
     assert len(rows) == 2 and all("pear/think_entropy" in r and r["pear/think_entropy"] > 0 for r in rows)
+
+
+def test_reduces_to_the_verifier_reward_when_the_answer_phase_dominates():
+    """alpha -> large: P = 0 for every right answer, so PEAR gives back plain GRPO's 0/1 rewards."""
+    h = torch.rand(6, 5, generator=torch.Generator().manual_seed(0)) + 0.1
+    phase = torch.tensor([[0.0, 0.0, 1.0, 1.0, 1.0]]).expand(6, 5)
+    r = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 1.0])
+    out, _ = pear(
+        r,
+        torch.ones(6, 5),
+        cfg=PearConfig(alpha=1e6),
+        group_id=None,
+        lengths=None,
+        truncated=None,
+        max_length=5,
+        old_entropy=h,
+        answer_phase=phase,
+    )
+    assert torch.equal(out, r)

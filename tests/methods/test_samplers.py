@@ -104,3 +104,12 @@ def test_the_dapo_preset_samples_dynamically_through_the_cli(tiny_dir, tmp_path)
 
     state, _ = load_checkpoint(run, log=lambda *_: None)
     assert state["loop"]["position"] == 4 * sum(int(r["sampler/rounds"]) for r in rows)  # every round's prompts used
+
+
+def test_with_every_group_varied_dynamic_sampling_is_the_plain_batch():
+    """No flat group: one round, nothing dropped, the batch of plain GRPO."""
+    methods = Methods(MethodSpec(samplers=("dynamic_sampling",)))
+    first = _round([1, 0, 0, 1], 1)
+    rollout, scores, m = sampled_batch(_draws([first]), methods, group_size=G, n_groups=2, max_length=3, pad_id=0)
+    assert torch.equal(rollout.response_ids, first[0].response_ids) and torch.equal(scores.reward, first[1].reward)
+    assert m["sampler/rounds"] == 1.0 and m["sampler/kept_groups"] == 2.0 and m["sampler/refilled_groups"] == 0.0

@@ -12,6 +12,11 @@ every method, the update (token filters + forward + loss + backward) is timed al
 
 Target (issue 4): <= 5 % for every token-level method. Methods that run a second model (a frozen reference
 for a KL) are listed too; their cost is that forward pass, not the token-level arithmetic.
+
+The methods that run before the update (advantages, reward shapers, samplers; issue 15) are timed the same
+way against GRPO's advantage: their declared needs (``entrolab.step_inputs``: the extracted answers, the extra
+teacher-forced pass over the reference answer, the hidden states), the shapers, samplers and the advantage.
+`step_overhead` is their extra seconds over the baseline step.
 """
 
 from __future__ import annotations
@@ -28,10 +33,13 @@ import torch
 from entrolab import catalogue
 from entrolab.batch import TokenBatch
 from entrolab.config import TrainConfig
+from entrolab.evaluate import decode_completions
 from entrolab.learner import ROLLOUT_EXTRAS, minibatch_backward, reference_logp
 from entrolab.models import build_tiny_model, build_tokenizer, load_policy, save_policy
 from entrolab.rollout import generate
-from entrolab.tasks import make_task
+from entrolab.sampling import advantage_of, answer_marker, pre_inputs, scored_batch, shape_rewards
+from entrolab.step_inputs import pre_update_needs, round_inputs
+from entrolab.tasks import ANSWER_TAG, make_task
 from entrolab.update import Counts, Methods, apply_filters
 
 OUT = Path(__file__).parent / "results"
@@ -52,8 +60,58 @@ def configs(model_dir: str) -> dict[str, TrainConfig]:
             if name == "entropy_bonus":
                 opts = ("entropy_bonus.coef=0.001",)
             key = f"{axis}:{name}"
-            out[key] = TrainConfig(**base, **{field: value}, options=opts)
+            extra = {"advantage": "copo"} if (axis, name) == ("policy_loss", "copo_loss") else {}
+            out[key] = TrainConfig(**base, **{field: value}, **extra, options=opts)
     return out
+
+
+PRE_FIELD = {"advantage": "advantage", "reward_shaper": "reward_shapers", "sampler": "samplers"}
+
+
+def pre_configs(model_dir: str) -> dict[str, TrainConfig]:
+    """GRPO's advantage (the baseline) and every advantage, reward shaper and sampler on top of it."""
+    base = dict(model=model_dir, max_new_tokens=32, prompts_per_step=16, group_size=8)
+    out = {"advantage:grpo": TrainConfig(**base)}
+    for axis, field in PRE_FIELD.items():
+        for name in catalogue.names(axis):
+            if (axis, name) != ("advantage", "grpo"):
+                opts = ("overlong_penalty.buffer_len=8",) if name == "overlong_penalty" else ()
+                value = name if axis == "advantage" else (name,)
+                out[f"{axis}:{name}"] = TrainConfig(**base, **{field: value}, options=opts)
+    return out
+
+
+def time_pre(model, tok, methods: Methods, rollout, texts, rows, scores, gen: torch.Generator) -> float:
+    """The work before the update: model-side needs, reward shapers, samplers' keep masks, the advantage."""
+    t0 = time.perf_counter()
+    got = round_inputs(
+        pre_update_needs(methods),
+        model=model,
+        tokenizer=tok,
+        rollout=rollout,
+        texts=texts,
+        references=[e.answer for e in rows],
+        extract=lambda text, i: text.rpartition(ANSWER_TAG)[2].strip() or None,
+        table={},
+        marker=ANSWER_TAG,
+        phase_marker=answer_marker(methods),
+    )
+    batch = scored_batch(rollout, scores, 8)
+    inputs = {"generator": gen, "step": 2, "total_steps": 10, **got}
+    _, rewards, _ = shape_rewards(methods, batch, scores, 32, inputs)
+    for entry, scfg in methods.samplers:
+        entry.fn(
+            rewards,
+            batch.loss_mask,
+            cfg=scfg,
+            group_id=batch.group_id,
+            shaped=rewards,
+            lengths=batch.lengths,
+            entropy=batch.old_entropy,
+            **{k: v for k, v in pre_inputs(batch, inputs).items() if k in entry.needs and k != "group_id"},
+        )
+    advantage_of(methods, batch, rewards, inputs)
+    return time.perf_counter() - t0
 
 
 def time_update(model, ref, methods: Methods, cfg: TrainConfig, batch: TokenBatch, gen: torch.Generator) -> float:
@@ -75,6 +133,17 @@ def time_update(model, ref, methods: Methods, cfg: TrainConfig, batch: TokenBatc
     )
     model.zero_grad(set_to_none=True)
     return time.perf_counter() - t0
+
+
+def _scores(task, texts, rows):
+    """The task's verdicts as the trainer's Scores (no worker pool: the verifier is cheap and in-process)."""
+    from entrolab.rewards import Scores
+
+    verdicts = [task.verify(t, e) for t, e in zip(texts, rows, strict=True)]
+    r = torch.tensor([v.score for v in verdicts])
+    z = torch.zeros(len(r), dtype=torch.bool)
+    fmt = torch.tensor([v.reason == "format_error" for v in verdicts])
+    return Scores(r, r >= 1.0, fmt, z, z, (None,) * len(r), (None,) * len(r))
 
 
 def main(quick: bool) -> None:
@@ -105,6 +174,39 @@ def main(quick: bool) -> None:
         batch = TokenBatch.from_rollout(full_rollout, 8).replace(advantages=adv)
         cfgs = configs(d)
         methods = {k: Methods(c) for k, c in cfgs.items()}
+        texts = decode_completions(tok, full_rollout)
+        rows_ex = [e for e in task.train[:16] for _ in range(8)]
+        scores = _scores(task, texts, rows_ex)
+        copo = Methods(cfgs["policy_loss:copo_loss"])
+        probe = TokenBatch.from_rollout(full_rollout, 8)
+        ids = {
+            "answer_ids": round_inputs(
+                {"answer_ids"},
+                model=model,
+                tokenizer=tok,
+                rollout=full_rollout,
+                texts=texts,
+                references=[e.answer for e in rows_ex],
+                extract=lambda t, i: task.extract_answer(t, rows_ex[i]),
+                table={},
+                marker=ANSWER_TAG,
+            )["answer_ids"]
+        }
+        _, _, provided = advantage_of(copo, probe, scores.reward, ids)
+        batch = batch.replace(extras={**batch.extras, **provided})  # what copo_loss needs from its advantage
+        pre_cfgs = pre_configs(d)
+        pre_methods = {k: Methods(c) for k, c in pre_cfgs.items()}
+        pre_times: dict[str, list[float]] = {k: [] for k in pre_cfgs}
+        for k in pre_cfgs:  # warm-up
+            time_pre(model, tok, pre_methods[k], full_rollout, texts, rows_ex, scores, gen)
+        for _ in range(repeats):
+            for k in pre_cfgs:
+                if k == "advantage:grpo":
+                    continue
+                pre_times["advantage:grpo"].append(
+                    time_pre(model, tok, pre_methods["advantage:grpo"], full_rollout, texts, rows_ex, scores, gen)
+                )
+                pre_times[k].append(time_pre(model, tok, pre_methods[k], full_rollout, texts, rows_ex, scores, gen))
         model.train()
         times: dict[str, list[float]] = {k: [] for k in cfgs}
         for k in cfgs:  # warm-up
@@ -132,8 +234,24 @@ def main(quick: bool) -> None:
                 "needs": sorted(methods[k].needs),
             }
         )
+    pre_base = statistics.median(pre_times["advantage:grpo"])
+    pre_rows = []
+    for k, ts in pre_times.items():
+        if k == "advantage:grpo":
+            continue
+        extra = statistics.median(ts) - pre_base
+        pre_rows.append(
+            {
+                "method": k,
+                "pre_update_s": statistics.median(ts),
+                "step_overhead": extra / (rollout_s + base + pre_base),
+                "needs": sorted(pre_update_needs(pre_methods[k])),
+            }
+        )
     result = {
         "baseline_update_s": base,
+        "baseline_pre_update_s": pre_base,
+        "pre_update_rows": pre_rows,
         "rollout_s": rollout_s,
         "repeats": repeats,
         "rows": rows,
@@ -152,6 +270,19 @@ def main(quick: bool) -> None:
         lines.append(
             f"| {r['method']} | {', '.join(r['needs']) or '-'} | {r['update_s'] * 1000:.0f} | "
             f"{r['update_overhead']:+.1%} | {r['step_overhead']:+.1%} |"
+        )
+    lines += [
+        "",
+        f"Before the update (issue 15): GRPO's advantage takes {pre_base * 1000:.1f} ms; each method below adds its",
+        "declared needs (an extra model pass for answer_logp / hidden_states), shapers, samplers and advantage.",
+        "",
+        "| method | needs | before-update ms | step overhead |",
+        "|---|---|---|---|",
+    ]
+    for r in sorted(pre_rows, key=lambda r: r["method"]):
+        lines.append(
+            f"| {r['method']} | {', '.join(r['needs']) or '-'} | {r['pre_update_s'] * 1000:.1f} | "
+            f"{r['step_overhead']:+.1%} |"
         )
     (OUT / "method_overhead.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

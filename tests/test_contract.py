@@ -45,6 +45,9 @@ OBSERVED = {
     "entropy/topp_peak_mean": 0.7,
     "reward/mean": 0.4,
     "kl/ref_k1_mean": 0.6,
+    "erank/er_mean": 4.0,
+    "erank/erv_mean": 0.5,
+    "erank/era_mean": 0.1,
 }
 
 
@@ -70,6 +73,16 @@ def _inputs(seed: int = 0) -> dict[str, torch.Tensor]:
         "vocab_baseline": ops.discriminator_baseline_from_logits(logits),  # [B, T] sum_v p_v^2 (H + log p_v)
         "generator": torch.Generator().manual_seed(seed),  # the run's generator, for random subsets
         "answer_phase": (torch.rand(B, T, generator=g) > 0.5).float(),  # [B, T] tokens after the answer marker
+        "group_id": ops.contiguous_groups(B, G),  # [B] (token filters ask for it)
+        "answer_ids": torch.tensor([0, 0, 1, -1, 2, 2, 2, 3]),  # [B] extracted answers' ids, -1: none
+        "answer_logp": -torch.rand(B, 3, generator=g).mul(3.0),  # [B, A] reference answer's log-probs
+        "answer_mask": torch.tensor([[1.0, 1.0, 0.0]] * (B - 1) + [[0.0, 0.0, 0.0]]),  # one empty answer
+        "hidden_states": torch.randn(B, T, 5, generator=g) * mask.unsqueeze(-1),  # [B, T, d]
+        "step": 3,
+        "total_steps": 10,
+        # per-sample tensors an advantage provides (register(provides=...)) for the policy loss
+        "copo_global_adv": torch.randn(B, 1, generator=g),
+        "copo_weight": torch.rand(B, 1, generator=g),
     }
 
 
@@ -113,8 +126,13 @@ def test_every_registered_method_keeps_the_contract(entry: registry.Entry) -> No
         extra["state"] = {}
     grad_of: list[torch.Tensor] = []
     if entry.axis == "advantage":
-        adv, metrics = fn(x["rewards"], mask, cfg=cfg, group_id=ops.contiguous_groups(B, G), **extra)
+        out = fn(x["rewards"], mask, cfg=cfg, group_id=ops.contiguous_groups(B, G), **extra)
+        adv, metrics = out[:2]
         assert adv.shape in ((B, 1), (B, T)) and torch.isfinite(adv).all()
+        assert len(out) == (3 if entry.provides else 2)
+        if entry.provides:
+            assert set(out[2]) == set(entry.provides)
+            assert all(v.shape[0] == B and torch.isfinite(v).all() and not v.requires_grad for v in out[2].values())
     elif entry.axis == "reward_shaper":
         shaped, metrics = fn(
             x["rewards"],
@@ -159,9 +177,11 @@ def test_every_registered_method_keeps_the_contract(entry: registry.Entry) -> No
             shaped=x["rewards"],
             lengths=x["lengths"],
             entropy=x["entropy"].detach(),
+            **extra,
         )
         grid = keep.view(-1, G)
-        assert keep.shape == (B,) and keep.dtype == torch.bool and torch.equal(grid.all(1), grid.any(1))
+        assert keep.shape == (B,) and keep.dtype == torch.bool
+        assert entry.unit == "sample" or torch.equal(grid.all(1), grid.any(1)), "group samplers keep whole groups"
     elif entry.axis == "sft_loss":
         out, used, metrics = fn(x["logp"], x["entropy"].detach(), mask, cfg=cfg)
         assert used.shape == (B, T) and torch.all(~used.bool() | (mask == 1)), "an SFT loss uses only supervised tokens"
@@ -209,7 +229,7 @@ def test_docstring_examples_run(module: str) -> None:
 
 
 def test_unknown_name_lists_known_ones() -> None:
-    with pytest.raises(ValueError, match=r"known: canon, dr_grpo, grpo, rloo") as err:
+    with pytest.raises(ValueError, match=r"known: canon, copo, dr_grpo, erank, grpo, riskpo, rloo") as err:
         catalogue.get("advantage", "gpro")
     assert "package.module:function" in str(err.value)
     with pytest.raises(ValueError, match="allowed"):

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -331,3 +332,46 @@ def test_pear_gets_the_behaviour_entropies_and_answer_phase_in_the_adapter(tiny_
     assert float(gen.batch.old_entropy.abs().sum()) > 0  # the behaviour pass ran for PEAR
     assert tr._metrics["train"]["pear/think_entropy"][-1] > 0
     assert tr._metrics["train"]["reward/shaped_mean"][-1] < 1.0
+
+
+# ------------------------------------------------------------------------------ issue 15's methods in TRL
+NEW_RUNS = {
+    "copo": ("copo", "copo/weight_mean"),
+    "riskpo": ("riskpo", "riskpo/objective"),
+    "best_of_n": ("best_of_n", "best_of_n/best_reward_mean"),
+    "entrocraft": ("entrocraft", "entrocraft/target"),
+    "epe": ("epe", "epe/weight_mean"),
+    "spurious_reward": ("spurious_reward", "random_reward/frac_high"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NEW_RUNS))
+def test_issue_15_presets_train_in_trl_and_log_their_metrics(tiny_dir, tmp_path, name):
+    methods, key = NEW_RUNS[name]
+    tr = _trainer(tiny_dir, tmp_path, methods=methods, max_steps=2)
+    before = [p.detach().clone() for p in tr.model.parameters()]
+    tr.train()
+    logged = [row for row in tr.state.log_history if "loss" in row]
+    assert len(logged) == 2 and all(key in row and math.isfinite(row[key]) for row in logged), logged
+    if name != "spurious_reward":  # a random reward may leave every group flat (zero advantage) on a tiny run
+        assert any(not torch.equal(a, b) for a, b in zip(before, tr.model.parameters(), strict=True))
+
+
+def test_copo_gets_answer_ids_equal_for_equal_answers_and_its_global_advantage(tiny_dir, tmp_path):
+    tr = _trainer(tiny_dir, tmp_path, methods="copo")
+    ids = tr._answer_ids(["x answer: 4", "answer: 4", "no marker", "answer: 5"])
+    assert ids[0] == ids[1] and ids[2] == -1 and ids[3] != ids[0] and bool((ids[[0, 1, 3]] >= 0).all())
+    tr.model.train()
+    out = _hand_built(tr, 8, seed=13)
+    tr._rewards_per_func = torch.tensor([[1.0], [1.0], [1.0], [1.0], [0.0], [1.0], [0.0], [0.0]])
+    tr.entrolab_prepare(out)
+    batch = tr._generation["train"].batch
+    assert set(batch.extras) >= {"copo_global_adv", "copo_weight"}
+    # the all-right group: local advantage 0, global advantage > 0 (its accuracy is above the batch's)
+    assert float(batch.advantages[:4].abs().max()) == 0 and float(batch.extras["copo_global_adv"][:4].min()) > 0
+
+
+def test_methods_needing_an_extra_model_pass_are_refused_by_the_adapter(tiny_dir, tmp_path):
+    for preset, need in (("likelihood", "answer_logp"), ("erank", "hidden_states")):
+        with pytest.raises(ValueError, match=need):
+            _trainer(tiny_dir, tmp_path, methods=preset)

@@ -680,3 +680,74 @@ def test_samplers_are_refused_by_both_verl_paths_with_verls_own_alternative():
     spec = MethodSpec(samplers=("dynamic_sampling",))
     assert any("filter_groups" in p for p in plain_problems(spec, methods_of(spec)))
     assert any("filter_groups" in p for p in trainer_problems(methods_of(spec)))
+
+
+def test_riskpo_runs_as_a_verl_estimator_and_equals_the_catalogue_function():
+    from entrolab.methods.riskpo import RiskPOConfig, riskpo
+
+    g = torch.Generator().manual_seed(5)
+    uids = [f"p{i}" for i in range(6) for _ in range(4)]
+    rewards = torch.randint(0, 2, (24,), generator=g).float()
+    mask = torch.ones(24, 5)
+    tlr = torch.zeros(24, 5)
+    tlr[:, -1] = rewards
+    fn = core_algos.get_adv_estimator_fn("entrolab.riskpo")
+    algo = config.AlgoConfig(adv_estimator="entrolab.riskpo")
+    adv, _ = fn(token_level_rewards=tlr, response_mask=mask, config=algo, index=np.array(uids, dtype=object))
+    expected, _ = riskpo(rewards, mask, cfg=RiskPOConfig(), group_id=torch.arange(6).repeat_interleave(4))
+    torch.testing.assert_close(adv, expected * mask, **TOL)
+    assert adv.abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    ("estimator", "shapers", "match"),
+    [
+        ("copo", [], "cannot carry"),
+        ("erank", [], "hidden_states"),
+        ("grpo", ["likelihood"], "answer_logp"),
+        ("grpo", ["pear"], "old_entropy"),
+        ("grpo", ["ares"], "old_entropy"),
+    ],
+)
+def test_methods_verl_cannot_serve_are_refused_with_the_reason(estimator, shapers, match):
+    fn = core_algos.get_adv_estimator_fn(f"entrolab.{estimator}")
+    algo = config.AlgoConfig(
+        adv_estimator=f"entrolab.{estimator}", entrolab={"reward_shapers": shapers}, max_response_length=4
+    )
+    with pytest.raises(ValueError, match=match):
+        fn(
+            token_level_rewards=torch.zeros(4, 4),
+            response_mask=torch.ones(4, 4),
+            config=algo,
+            index=np.array(["a"] * 4, dtype=object),
+        )
+
+
+def test_random_reward_runs_in_verl_on_torch_global_rng():
+    """verl's signature has no run generator: the spurious reward draws from torch's global RNG (seeded by verl)."""
+    fn = core_algos.get_adv_estimator_fn("entrolab.grpo")
+    algo = config.AlgoConfig(
+        adv_estimator="entrolab.grpo", entrolab={"reward_shapers": ["random_reward"]}, max_response_length=4
+    )
+    torch.manual_seed(0)
+    adv, _ = fn(
+        token_level_rewards=torch.zeros(8, 4),
+        response_mask=torch.ones(8, 4),
+        config=algo,
+        index=np.array(["a"] * 4 + ["b"] * 4, dtype=object),
+    )
+    assert adv.abs().sum() > 0  # all-zero verifier rewards, yet an advantage: the draws replaced them
+    assert 0 <= advantages.last_metrics()["random_reward/frac_high"] <= 1
+
+
+def test_methods_needing_groups_or_the_advantages_extras_are_refused_in_the_verl_trainer():
+    """epe standardises within prompt groups and copo_loss needs copo's global advantage: verl's actor has neither,
+    so the trainer refuses them instead of running them on single-row groups / without the blend."""
+    from entrolab.integrations.choice import MethodSpec
+    from entrolab.integrations.verl.loss_fn import trainer_problems
+    from entrolab.integrations.verl.losses import methods_of
+
+    epe = MethodSpec(token_filters=("epe",))
+    assert any("group_id" in p and "uids" in p for p in trainer_problems(methods_of(epe)))
+    copo = MethodSpec(advantage="copo", policy_loss="copo_loss")
+    assert any("copo_global_adv" in p for p in trainer_problems(methods_of(copo)))

@@ -12,7 +12,7 @@ import pytest
 
 from entrolab.report import load_comparison, mean_ci, render_report, summary_rows, t_quantile_975
 
-PLOTS = ("curves", "passk", "entropy_law", "covariance", "clip", "length", "support")
+PLOTS = ("curves", "passk", "entropy_law", "covariance", "clip", "length", "support", "best_of_n")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 # final evaluation per (method, seed): pass@1, pass@16, entropy
@@ -44,6 +44,7 @@ def write_comparison(root: Path, *, steps: int = 10, with_cov: bool = True, with
                 "len/mean": 10.0 + t,
                 "len/max": 20,
                 "len/truncated_frac": 0.1,
+                "kl/seq_to_base": (0.1 if method == "alpha" else 0.05) * t,
             }
             if with_cov and method == "beta":
                 row["cov/logp_adv"] = 0.2 + 0.01 * t
@@ -156,3 +157,19 @@ def test_missing_inputs_are_skipped_with_a_note(tmp_path):
 def test_no_runs_is_an_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="seed"):
         render_report(tmp_path)
+
+
+def test_best_of_n_section_places_the_measured_kl_next_to_best_of_n(rendered):
+    """alpha: KL = mean of the last three logged values 0.8, 0.9, 1.0 = 0.9 nats; BoN's bound reaches 0.9 at
+    N = equivalent_n(0.9); alpha's win rate over the base, per problem p(1-q) + (pq + (1-p)(1-q))/2:
+    (0.5 + 0.25 + 0.875 + 0.5 + 0.5) / 5 = 0.525 (the same for both seeds: one detail file per run)."""
+    from entrolab.bon import bon_kl_bound, bon_win_rate, equivalent_n
+    from entrolab.report_bon import win_rate
+
+    assert win_rate([4, 2, 0, 0, 1], 4, [4, 0, 3, 0, 1], 4) == pytest.approx(0.525)
+    n = equivalent_n(0.9)
+    assert bon_kl_bound(n) == pytest.approx(0.9, abs=1e-9)
+    _, doc = rendered
+    section = doc.split("<h2>Best-of-N vs KL-regularised RL</h2>")[1].split("<h2>")[0]
+    assert "<td>alpha</td><td>0.900 ± 0.000</td>" in section
+    assert f"<td>{n:.2f}</td><td>{bon_win_rate(n):.3f}</td><td>0.525 ± 0.000</td>" in section

@@ -210,7 +210,8 @@ def test_every_preset_trains_end_to_end(tiny_dir, tmp_path, preset):
     last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
     assert all(math.isfinite(v) for v in last.values() if isinstance(v, float)), last
     methods = Methods(cfg)
-    for entry, _ in [methods.advantage, methods.policy_loss, *methods.filters, *methods.regularizers]:
+    every = [methods.advantage, methods.policy_loss, *methods.filters, *methods.regularizers]
+    for entry, _ in [*every, *methods.shapers, *methods.samplers]:
         missing = [k for k in entry.metrics if k not in last]
         assert not missing, (entry.name, missing)
     if methods.schedules:
@@ -252,3 +253,12 @@ def test_a_policy_loss_that_needs_ref_logp_receives_them(tiny_dir, tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()][1:]
     assert rows[0]["test/ref_gap"] == pytest.approx(0.0, abs=1e-5)  # first update: the policy is the reference
     assert rows[1]["test/ref_gap"] > 1e-4  # after one step they differ
+
+
+def test_base_kl_is_zero_on_the_first_rollout_and_logged_every_step(tiny_dir, tmp_path):
+    """Step 1 samples from the base model itself: sum_t (log pi - log pi_base) = 0 up to the recording error."""
+    cfg = small_cfg(tiny_dir, tmp_path / "run", steps=3, reward_fn="tests.fault_fns:digits", base_kl=True, lr=1e-2)
+    train(cfg, log=lambda *a: None)
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()][1:]
+    kl = [r["kl/seq_to_base"] for r in rows]
+    assert abs(kl[0]) < 1e-4 and all(math.isfinite(v) for v in kl) and abs(kl[-1]) > abs(kl[0])

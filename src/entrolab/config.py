@@ -159,6 +159,10 @@ class TrainConfig:
     entropy_probe: int = 16
     """Sequences of each step whose entropy is re-measured after the update (one no-grad pass), to log the
     observed entropy change on the same states next to the one Cov(log pi, A) predicts (0: off)."""
+    base_kl: bool = False
+    """Log kl/seq_to_base each step: the rollout's sequence-level KL(pi || base) estimate, sum_t (log pi -
+    log pi_base) averaged over the sequences (a frozen copy of --model is loaded; the report's best-of-N section
+    compares it with BoN's bound log N - (N-1)/N)."""
     save_every: int = 25
     """Write an atomic checkpoint every N steps (and on Ctrl-C / SIGTERM)."""
     progress: bool = True

@@ -104,6 +104,26 @@ PRESET_PARTS: dict[str, Preset] = {
     "canon": Preset(method=dict(advantage="canon", aggregation="seq-mean-token-sum-norm")),
     # PEAR (arXiv:2510.08026): phase-entropy-aware reward on GRPO (alpha = 1, the paper's best)
     "pear": Preset(method=dict(reward_shapers=("pear",))),
+    # RiskPO (arXiv:2510.00911): Mixed VaR over bundles of 5 questions, the math script's settings
+    "riskpo": Preset(method=dict(advantage="riskpo")),
+    # COPO (arXiv:2508.04138): global consistency advantage blended by the answer entropy (run_copo.sh)
+    "copo": Preset(
+        method=dict(advantage="copo", policy_loss="copo_loss"), recipe=dict(aggregation="seq-mean-token-mean")
+    ),
+    # ARES (arXiv:2510.08457): difficulty-aware high-window-entropy reward (the released reward function)
+    "ares": Preset(method=dict(reward_shapers=("ares",))),
+    # Entrocraft (arXiv:2604.26326, reconstructed): rejection sampling along a linear entropy schedule
+    "entrocraft": Preset(method=dict(samplers=("entrocraft",))),
+    # Likelihood-based rewards (arXiv:2602.03979): log pi(reference answer | prompt, reasoning) as the reward
+    "likelihood": Preset(method=dict(reward_shapers=("likelihood",))),
+    # VERL (arXiv:2509.23808): effective-rank bonus on the GRPO advantage, baselines as an EMA (train.sh)
+    "erank": Preset(method=dict(advantage="erank", schedules=("erank_ema",))),
+    # Entropy-performance exchange (arXiv:2508.02260): perplexity-weighted advantages, on the authors' clip range
+    "epe": Preset(method=dict(token_filters=("epe",)), recipe=dict(options=DAPO_CLIP)),
+    # Spurious rewards (arXiv:2512.16912): Bernoulli(1/2) rewards, independent of the response
+    "spurious_reward": Preset(method=dict(reward_shapers=("random_reward",))),
+    # Best-of-N (arXiv:2404.01730): only each group's best sample enters the loss
+    "best_of_n": Preset(method=dict(samplers=("best_of_n",))),
     # --- entropy control ------------------------------------------------------------------------------------
     # a static entropy bonus (the standard baseline of every entropy paper)
     "entropy_bonus": Preset(method=dict(regularizers=("entropy_bonus",), options=("entropy_bonus.coef=0.001",))),

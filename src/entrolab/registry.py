@@ -57,6 +57,12 @@ class Entry:
     # a metric key the method logs that is 0 when it acted on no token (e.g. "clip/frac_cov"); the trainer warns
     # when it stays 0 over the first steps (a threshold no token crosses at this scale)
     active: str | None = None
+    # advantages only: names of extra per-sample tensors the function returns as a third element
+    # ``(adv, metrics, extras)``; the caller puts them in ``batch.extras`` for the methods that need them
+    provides: tuple[str, ...] = field(default_factory=tuple)
+    # samplers only: "group" (the keep mask is the same on every row of a group; dropped groups may be
+    # refilled) or "sample" (single rows leave the loss; the group stays for the advantage)
+    unit: str = "group"
 
     def make_config(self, overrides: dict[str, Any] | None = None) -> Any:
         """The method's frozen config with ``overrides`` applied; unknown keys raise, naming the allowed ones."""
@@ -96,11 +102,17 @@ def register(
     reads: Callable[[Any], tuple[str, ...]] | None = None,
     scale: Callable[[Any, int], str | None] | None = None,
     active: str | None = None,
+    provides: tuple[str, ...] = (),
+    unit: Literal["group", "sample"] = "group",
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator: register ``fn`` under ``axis``/``name``. The summary defaults to the docstring's first line."""
     _check_axis(axis)
     if axis == "schedule" and (sets is None or reads is None):
         raise TypeError(f"schedule {name!r} must declare sets=cfg -> keys and reads=cfg -> metric keys")
+    if provides and axis != "advantage":
+        raise TypeError(f"only advantages may declare provides=, got {axis} {name!r}")
+    if unit not in ("group", "sample") or (unit != "group" and axis != "sampler"):
+        raise TypeError(f"unit={unit!r} of {axis} {name!r}: only samplers take unit='sample'")
     if config is not None and not (is_dataclass(config) and config.__dataclass_params__.frozen):  # type: ignore[attr-defined]
         raise TypeError(f"config of {axis} {name!r} must be a frozen dataclass, got {config!r}")
 
@@ -124,6 +136,8 @@ def register(
             reads=reads,
             scale=scale,
             active=active,
+            provides=tuple(provides),
+            unit=unit,
         )
         return fn
 

@@ -55,6 +55,7 @@ from entrolab.diagnostics import (
     passk_from_counts,
     support_change,
 )
+from entrolab.report_bon import bon_section
 
 # t_{0.975, df} for df = 1..30; beyond, the Cornish-Fisher expansion (error < 1e-4).
 _T975 = (
@@ -687,7 +688,8 @@ def render_report(cmp_dir: str | Path, *, title: str | None = None) -> Path:
     """Render ``cmp_dir/report.html`` and ``cmp_dir/plots/*.png`` from a comparison folder; returns the HTML path.
 
     Sections: summary table · accuracy and entropy vs step · pass@k vs k · entropy–performance law ·
-    Cov(log π, A) and predicted vs observed entropy change · clip fractions · response length · support change.
+    Cov(log π, A) and predicted vs observed entropy change · clip fractions · response length · support change ·
+    best-of-N vs the measured KL to the base (when the runs logged ``kl/seq_to_base``).
     A section whose inputs are missing is replaced by a note. See the module docstring for the files read.
     """
     cmp = load_comparison(cmp_dir)
@@ -734,6 +736,14 @@ def render_report(cmp_dir: str | Path, *, title: str | None = None) -> Path:
             "Mean response length (EOS included) and fraction of samples truncated at max_new_tokens.",
         ),
         ("support", "Support: expansion and shrinkage against the base", lambda: _support_section(cmp, colors), ""),
+        (
+            "best_of_n",
+            "Best-of-N vs KL-regularised RL",
+            lambda: bon_section(cmp, colors, _aligned, mean_ci, _table, _pm),
+            "Yang et al. (arXiv:2404.01730): best-of-N from the base model has KL at most log N − (N−1)/N and "
+            "win rate N/(N+1) (continuous reward). Dots: each run's final measured KL and its win rate over the "
+            "base on the test problems (ties count half); dashed: best-of-N.",
+        ),
     ]
     parts = []
     header, rows, bold = summary_rows(cmp)

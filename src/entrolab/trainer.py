@@ -43,9 +43,10 @@ from entrolab.progress import Progress
 from entrolab.rewards import RewardPool, load_reward_fn
 from entrolab.rollout import generate
 from entrolab.runfolder import claim_run_folder
-from entrolab.sampling import answer_phase, sampled_batch, scored_batch, shape_rewards
+from entrolab.sampling import advantage_of, answer_marker, sampled_batch, scored_batch, shape_rewards
 from entrolab.signals import StopFlag
 from entrolab.sinks import make_sinks
+from entrolab.step_inputs import pre_update_needs, round_inputs
 from entrolab.stepstats import seed_everything, step_metrics
 from entrolab.tasks import ANSWER_TAG
 from entrolab.update import Methods, inactive_warnings
@@ -77,7 +78,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, log=p
     methods.check_schedules(TRAINER_METRICS, ("eval/", "schedule/"))
     reward_fn = load_reward_fn(cfg.reward_fn) if cfg.reward_fn else task.verify
     ref_model = None
-    if "ref_logp" in methods.needs:
+    if "ref_logp" in methods.needs or cfg.base_kl:
         ref_model, _ = load_policy(cfg.model)
         ref_model.eval().requires_grad_(False)
     mode = "resume" if resume else "overwrite" if overwrite else "new"
@@ -152,8 +153,10 @@ def _loop(cfg, run, resume, model, tokenizer, ref_model, task, methods, pool, lo
             m: dict[str, float] = {f"schedule/{k}": float(v) for k, v in values.items()}
             # --- data, rollout and rewards (more rounds when a sampler drops groups) -----------------------
             spent = {"rollout": 0.0, "reward": 0.0}
+            model_needs = pre_update_needs(step_methods)
+            answers: dict[str, int] = {}  # answer_ids of the step, shared across the samplers' rounds
 
-            def draw(step_methods=step_methods, spent=spent):
+            def draw(step_methods=step_methods, spent=spent, model_needs=model_needs, answers=answers):
                 t_draw = time.perf_counter()
                 examples = prompts_at(task, cfg.seed, s["position"], cfg.prompts_per_step)
                 s["position"] += cfg.prompts_per_step
@@ -169,23 +172,37 @@ def _loop(cfg, run, resume, model, tokenizer, ref_model, task, methods, pool, lo
                     extras={k: ROLLOUT_EXTRAS[k] for k in step_methods.needs if k in ROLLOUT_EXTRAS},
                     backend=cfg.backend,
                 )
-                if "answer_phase" in step_methods.shaper_needs:
-                    marker = tokenizer(ANSWER_TAG, add_special_tokens=False)["input_ids"]
-                    rollout.extras["answer_phase"] = answer_phase(rollout.response_ids, rollout.response_mask, marker)
                 t_score = time.perf_counter()
                 texts = decode_completions(tokenizer, rollout)
-                scored = pool.score(texts, [e for e in examples for _ in range(cfg.group_size)])
+                rows = [e for e in examples for _ in range(cfg.group_size)]
+                scored = pool.score(texts, rows)
                 spent["rollout"] += t_score - t_draw
                 spent["reward"] += time.perf_counter() - t_score
-                return rollout, scored
+                got = round_inputs(
+                    model_needs,
+                    model=model,
+                    tokenizer=tokenizer,
+                    rollout=rollout,
+                    texts=texts,
+                    references=[e.answer for e in rows],
+                    extract=lambda text, i: task.extract_answer(text, rows[i]),
+                    table=answers,
+                    marker=ANSWER_TAG,
+                    phase_marker=answer_marker(step_methods),
+                    temperature=cfg.temperature,
+                    backend=cfg.backend,
+                )
+                return rollout, scored, got
 
-            rollout, scores, sampler_metrics = sampled_batch(
+            run_inputs = {"generator": gen, "step": step, "total_steps": cfg.steps}
+            rollout, scores, got, sampler_metrics, row_keep = sampled_batch(
                 draw,
                 step_methods,
                 group_size=cfg.group_size,
                 n_groups=cfg.prompts_per_step,
                 max_length=cfg.max_new_tokens,
                 pad_id=tokenizer.pad_token_id,
+                inputs=run_inputs,
             )
             m.update(sampler_metrics)
             t1 = time.perf_counter()
@@ -198,16 +215,19 @@ def _loop(cfg, run, resume, model, tokenizer, ref_model, task, methods, pool, lo
                     file=sys.stderr,
                 )
             batch = scored_batch(rollout, scores, cfg.group_size)
-            _, rewards, sm = shape_rewards(step_methods, batch, scores, cfg.max_new_tokens)  # [B]
+            inputs = {**run_inputs, **got}
+            _, rewards, sm = shape_rewards(step_methods, batch, scores, cfg.max_new_tokens, inputs)  # [B]
             m.update(sm)
-            adv_entry, adv_cfg = step_methods.advantage
-            adv_extra = {"old_entropy": batch.old_entropy} if "old_entropy" in adv_entry.needs else {}
-            advantages, am = adv_entry.fn(rewards, batch.loss_mask, cfg=adv_cfg, group_id=batch.group_id, **adv_extra)
-            batch = batch.replace(advantages=advantages)
+            advantages, am, provided = advantage_of(step_methods, batch, rewards, inputs)
+            batch = batch.replace(advantages=advantages, loss_mask=batch.loss_mask * row_keep.float().unsqueeze(-1))
+            batch.extras.update(provided)
             m.update({k: float(v) for k, v in am.items()})
             if ref_model is not None:  # the frozen reference's log-probs, once per rollout
                 ref = reference_logp(ref_model, batch, cfg.micro_batch_size, cfg.temperature, cfg.backend)
-                batch.extras["ref_logp"] = ref
+                if "ref_logp" in step_methods.needs:
+                    batch.extras["ref_logp"] = ref
+                if cfg.base_kl:  # E_pi[log pi(y) - log pi_base(y)] over the step's (on-policy) sequences
+                    m["kl/seq_to_base"] = float(((batch.old_logp - ref) * batch.attention_mask).sum(-1).mean())
             # the entropy change the Entropy Mechanism paper predicts from Cov(log pi, A)
             m.update(entropy_change_prediction(batch.old_logp, advantages, batch.loss_mask, lr=sched.get_last_lr()[0]))
             t2 = time.perf_counter()

@@ -40,6 +40,14 @@ SUPPLIED_NEEDS = {
     "vocab_baseline": "sum_j p_j^2 (H + log p_j) of the behaviour policy, recorded while sampling",
     "generator": "the run's torch.Generator, for methods that draw random subsets",
     "answer_phase": "1 on the response tokens from its last answer marker ('answer:') on [B, T] (reward shapers)",
+    "old_logp": "the rollout's (behaviour policy's) log-probs [B, T] (samplers, advantages, reward shapers)",
+    "group_id": "the prompt group of each row [B] (token filters; advantages, shapers and samplers always get it)",
+    "answer_ids": "an id per row of its extracted final answer [B] long: equal ids, equal answers; -1: none",
+    "answer_logp": "teacher-forced log-probs of the reference answer after the response's reasoning [B, A]",
+    "answer_mask": "1 on the reference answer's tokens of answer_logp [B, A]",
+    "hidden_states": "the behaviour policy's last-layer hidden states at the response tokens [B, T, d]",
+    "step": "the current step, 1-based (int)",
+    "total_steps": "the run's number of steps (int)",
 }
 
 
@@ -82,10 +90,17 @@ class Methods:
         self.state: dict[str, dict[str, float]] = {}
         needs = {n for e, _ in self.trained() for n in e.needs}
         self.shaper_needs = {n for e, _ in self.shapers for n in e.needs}
-        unknown = sorted((needs | self.shaper_needs | set(self.advantage[0].needs)) - set(SUPPLIED_NEEDS))
+        sampler_needs = {n for e, _ in self.samplers for n in e.needs}
+        provided = set(self.advantage[0].provides)  # extra per-sample tensors the advantage returns
+        wanted = needs | self.shaper_needs | sampler_needs | set(self.advantage[0].needs)
+        unknown = sorted(wanted - set(SUPPLIED_NEEDS) - provided)
         if unknown:
+            providers = sorted(
+                f"{e.name} ({', '.join(e.provides)})" for e in catalogue.entries()["advantage"] if e.provides
+            )
             raise ValueError(
                 f"a chosen method needs {unknown}, which the caller cannot supply: {sorted(SUPPLIED_NEEDS)}"
+                + (f"; an advantage provides them: {providers}" if providers else "")
             )
         self.needs = needs
 
@@ -240,7 +255,7 @@ def apply_filters(
     for entry, fcfg in methods.filters:
         mb = micro_batch_size if scope(fcfg) == "micro_batch" and micro_batch_size else b
         stats = minibatch_stats(entry, fcfg, batch.replace(loss_mask=mask), generator)
-        available = {"generator": generator, **batch.extras}
+        available = {"generator": generator, "group_id": batch.group_id, **batch.extras}
         weights, masks, sums = [], [], {}
         total = max(float(mask.sum()), 1.0)
         for start in range(0, b, mb):

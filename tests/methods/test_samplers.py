@@ -53,7 +53,7 @@ def _round(rewards: list[float], tag: float) -> tuple[Rollout, Scores]:
     z = torch.zeros(b, dtype=torch.bool)
     r = torch.tensor(rewards)
     scores = Scores(r, r > 0, z, z, z, (None,) * b, (None,) * b)
-    return rollout, scores
+    return rollout, scores, {}
 
 
 def _draws(rounds):
@@ -64,7 +64,7 @@ def _draws(rounds):
 def test_refill_rounds_collect_kept_groups_in_order_and_log_the_counts():
     methods = Methods(MethodSpec(samplers=("dynamic_sampling",)))
     rounds = [_round([1, 1, 0, 1], 1), _round([0, 0, 1, 0], 2), _round([0, 1, 1, 0], 3)]
-    rollout, scores, m = sampled_batch(_draws(rounds), methods, group_size=G, n_groups=2, max_length=3, pad_id=0)
+    rollout, scores, _, m, _ = sampled_batch(_draws(rounds), methods, group_size=G, n_groups=2, max_length=3, pad_id=0)
     assert rollout.response_ids[:, 0].tolist() == [1, 1, 2, 2]  # round 1's second group, round 2's second group
     assert scores.reward.tolist() == [0.0, 1.0, 1.0, 0.0]
     assert (m["sampler/rounds"], m["sampler/generated_groups"], m["sampler/kept_groups"]) == (2.0, 4.0, 2.0)
@@ -74,7 +74,7 @@ def test_refill_rounds_collect_kept_groups_in_order_and_log_the_counts():
 def test_rounds_are_bounded_and_a_short_batch_is_topped_up_with_dropped_groups():
     methods = Methods(MethodSpec(samplers=("dynamic_sampling",), options=("dynamic_sampling.max_rounds=2",)))
     rounds = [_round([1, 1, 0, 1], 1), _round([0, 0, 1, 1], 2), _round([0, 1, 1, 0], 3)]
-    rollout, scores, m = sampled_batch(_draws(rounds), methods, group_size=G, n_groups=2, max_length=3, pad_id=0)
+    rollout, scores, _, m, _ = sampled_batch(_draws(rounds), methods, group_size=G, n_groups=2, max_length=3, pad_id=0)
     assert m["sampler/rounds"] == 2.0 and m["sampler/kept_groups"] == 1.0 and m["sampler/refilled_groups"] == 1.0
     assert rollout.response_ids[:, 0].tolist() == [1, 1, 1, 1] and len(scores) == 4
 
@@ -82,7 +82,7 @@ def test_rounds_are_bounded_and_a_short_batch_is_topped_up_with_dropped_groups()
 def test_without_samplers_one_round_is_returned_untouched():
     methods = Methods(MethodSpec())
     first = _round([1, 1, 0, 0], 1)
-    rollout, scores, m = sampled_batch(_draws([first]), methods, group_size=G, n_groups=2, max_length=3, pad_id=0)
+    rollout, scores, _, m, _ = sampled_batch(_draws([first]), methods, group_size=G, n_groups=2, max_length=3, pad_id=0)
     assert rollout is first[0] and scores is first[1] and m == {}
 
 
@@ -110,6 +110,6 @@ def test_with_every_group_varied_dynamic_sampling_is_the_plain_batch():
     """No flat group: one round, nothing dropped, the batch of plain GRPO."""
     methods = Methods(MethodSpec(samplers=("dynamic_sampling",)))
     first = _round([1, 0, 0, 1], 1)
-    rollout, scores, m = sampled_batch(_draws([first]), methods, group_size=G, n_groups=2, max_length=3, pad_id=0)
+    rollout, scores, _, m, _ = sampled_batch(_draws([first]), methods, group_size=G, n_groups=2, max_length=3, pad_id=0)
     assert torch.equal(rollout.response_ids, first[0].response_ids) and torch.equal(scores.reward, first[1].reward)
     assert m["sampler/rounds"] == 1.0 and m["sampler/kept_groups"] == 2.0 and m["sampler/refilled_groups"] == 0.0

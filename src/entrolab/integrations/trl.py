@@ -48,9 +48,11 @@ Differences from entrolab's own trainer and from TRL:
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,12 +79,14 @@ from entrolab.integrations.trl_data import (  # noqa: E402
     rows_of,
     truncated_rows,
 )
-from entrolab.sampling import answer_phase  # noqa: E402
+from entrolab.sampling import advantage_of, answer_marker, answer_phase, declared, pre_inputs  # noqa: E402
+from entrolab.step_inputs import pre_update_needs  # noqa: E402
 from entrolab.stepstats import fill_errored  # noqa: E402
-from entrolab.tasks import ANSWER_TAG  # noqa: E402
+from entrolab.tasks import final_answer  # noqa: E402
 from entrolab.update import Methods, apply_filters, compose, minibatch_stats, slice_stats  # noqa: E402
 
 STATE_FILE = "entrolab_state.json"
+UNSERVED_NEEDS = ("answer_logp", "answer_mask", "hidden_states")  # extra passes the adapter does not run
 MM_KEYS = ("pixel_values", "image_grid_thw", "num_images", "pixel_attention_mask", "spatial_shapes", "num_tiles")
 MM_KEYS += ("image_sizes", "token_type_ids", "mm_token_type_ids", "image_position_ids")
 
@@ -125,13 +129,29 @@ class EntrolabGRPOTrainer(GRPOTrainer):
     ``top_entropy_quantile`` a ``forking_tokens`` filter as TRL selects, ``scale_rewards`` the GRPO std.
     ``entrolab_methods`` is the resolved choice."""
 
-    def __init__(self, model, reward_funcs=None, args: GRPOConfig | None = None, *rest, methods: Any = None, **kw):
+    def __init__(
+        self,
+        model,
+        reward_funcs=None,
+        args: GRPOConfig | None = None,
+        *rest,
+        methods: Any = None,
+        answer_extractor: Callable[[str], str | None] | None = None,
+        **kw,
+    ):
         if args is None:
             name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", "model")
             args = GRPOConfig(f"{str(name).split('/')[-1]}-GRPO")
         spec, rule, notes = trl_methods(args, methods)
         self.entrolab_methods = spec
         self._methods = Methods(spec)
+        unserved = sorted(pre_update_needs(self._methods) & set(UNSERVED_NEEDS))
+        if unserved:
+            raise ValueError(
+                f"a chosen method needs {unserved}, which the TRL adapter does not compute (an extra model pass "
+                "over the generation batch); use `entrolab train`, or choose another method"
+            )
+        self._answer_extractor = answer_extractor or final_answer
         self._methods.check_schedules(ADAPTER_METRICS, ("schedule/", "rewards/"))
         self._step_methods = self._methods
         self._count_rule = rule
@@ -191,6 +211,16 @@ class EntrolabGRPOTrainer(GRPOTrainer):
         self._rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         return self._rewards_per_func
 
+    def _answer_ids(self, texts: list[str]) -> torch.Tensor:
+        """Ids of the completions' extracted answers (``answer_extractor``), equal on every process for equal
+        answers (a stable 62-bit hash of the text); -1 when there is none.  [b]"""
+        out = []
+        for text in texts:
+            answer = self._answer_extractor(text)
+            digest = hashlib.blake2b(answer.encode(), digest_size=8).digest() if answer is not None else None
+            out.append(-1 if digest is None else int.from_bytes(digest, "big") >> 2)
+        return torch.tensor(out, dtype=torch.long, device=self.accelerator.device)
+
     def _gather(self, x: torch.Tensor) -> torch.Tensor:
         """Rows of every process, padded to the widest (dim 1) with 0."""
         if self.accelerator.num_processes == 1:
@@ -216,18 +246,21 @@ class EntrolabGRPOTrainer(GRPOTrainer):
         truncated = truncated_rows(ids, cmask, self.eos_token_ids)
         needs_pass = bool(methods.filters) or any(e.stats is not None for e, _ in methods.trained())
         needs_pass = needs_pass or bool({"old_entropy", "vocab_baseline"} & methods.needs) or bool(methods.samplers)
-        needs_pass = needs_pass or "old_entropy" in {*methods.advantage[0].needs, *methods.shaper_needs}
+        pre_needs = pre_update_needs(methods)
+        needs_pass = needs_pass or bool({"old_entropy", "old_logp"} & pre_needs)
         old_logp, old_entropy = torch.zeros_like(attn), torch.zeros_like(attn)
         extras: dict[str, torch.Tensor] = {}
         if needs_pass:
             old_logp, old_entropy, extras = behaviour_pass(
                 self, out, "vocab_baseline" in methods.needs, {k: out[k] for k in MM_KEYS if k in out}
             )
+        tok = getattr(self.processing_class, "tokenizer", self.processing_class)
         if "answer_phase" in methods.shaper_needs:  # 1 from the last answer marker on (PEAR's phases)
-            tok = getattr(self.processing_class, "tokenizer", self.processing_class)
-            extras["answer_phase"] = answer_phase(
-                ids, cmask.float(), tok(ANSWER_TAG, add_special_tokens=False)["input_ids"]
-            )
+            marker = tok(answer_marker(methods), add_special_tokens=False)["input_ids"]
+            extras["answer_phase"] = answer_phase(ids, cmask.float(), marker)
+        if "answer_ids" in pre_needs:  # COPO: the extracted final answers, as ids equal across processes
+            texts = tok.batch_decode([row[: int(n)] for row, n in zip(ids, cmask.sum(-1), strict=True)])
+            extras["answer_ids"] = self._answer_ids(texts)
         # the whole generation batch, every process's rows (N = b * processes)
         rewards_pf = self._rewards_per_func
         if rewards_pf is None:
@@ -247,11 +280,15 @@ class EntrolabGRPOTrainer(GRPOTrainer):
             old_entropy=self._gather(old_entropy.float()),
             group_id=group_id,
             truncated=self._gather(truncated),
-            extras={k: self._gather(v.float()) for k, v in extras.items()},
+            extras={k: self._gather(v.float()) for k, v in extras.items() if k != "answer_ids"},
         )
         rewards = fill_errored(raw, unscorable, group_id)
         m: dict[str, float] = {}
-        available = {"old_entropy": glob.old_entropy, **glob.extras}
+        gen = torch.Generator().manual_seed(int(self.args.seed) * 1_000_003 + int(self._step))  # same on every rank
+        inputs = {"generator": gen, "step": int(self.state.global_step) + 1, "total_steps": int(self.state.max_steps)}
+        if "answer_ids" in extras:
+            inputs["answer_ids"] = self._gather(extras["answer_ids"])  # [N] long
+        available = pre_inputs(glob, inputs)
         for entry, rcfg in methods.shapers:
             rewards, sm = entry.fn(
                 rewards,
@@ -261,7 +298,7 @@ class EntrolabGRPOTrainer(GRPOTrainer):
                 lengths=glob.lengths,
                 truncated=glob.truncated,
                 max_length=self.max_completion_length,
-                **{k: available[k] for k in entry.needs if k in available},
+                **declared(entry, available),
             )
             m.update({k: float(v) for k, v in sm.items()})
         for entry, scfg in methods.samplers:  # no refill in TRL: a dropped group leaves the loss and its counts
@@ -273,15 +310,13 @@ class EntrolabGRPOTrainer(GRPOTrainer):
                 shaped=rewards,
                 lengths=glob.lengths,
                 entropy=glob.old_entropy,
-            )
+                **declared(entry, available),
+            )  # a group or a sample-unit sampler: either way the dropped rows leave the loss
             glob = glob.replace(loss_mask=glob.loss_mask * keep.float().unsqueeze(1))
             m.update({k: float(v) for k, v in km.items()})
-        adv_entry, adv_cfg = methods.advantage
-        adv_extra = {"old_entropy": glob.old_entropy} if "old_entropy" in adv_entry.needs else {}
-        advantages, am = adv_entry.fn(rewards, glob.loss_mask, cfg=adv_cfg, group_id=group_id, **adv_extra)
+        advantages, am, provided = advantage_of(methods, glob, rewards, inputs)
         m.update({k: float(v) for k, v in am.items()})
-        glob = glob.replace(advantages=advantages)
-        gen = torch.Generator().manual_seed(int(self.args.seed) * 1_000_003 + int(self._step))  # same on every rank
+        glob = glob.replace(advantages=advantages, extras={**glob.extras, **provided})
         glob, fm = apply_filters(methods, glob, None, gen)
         stats = {e.name: minibatch_stats(e, c, glob, gen) for e, c in methods.trained()}
         rows = slice(self.accelerator.process_index * b, (self.accelerator.process_index + 1) * b)

@@ -28,12 +28,17 @@ class PearConfig:
     """r_fmt: the reward of a wrong or badly formatted answer (not recovered from the paper; 0)."""
     right_at: float = 1.0
     """A sample counts as right when its reward is at least this."""
+    marker: str = "answer:"
+    """The text that starts the answer phase (the caller marks the phases from its last occurrence):
+    entrolab's tasks end with ``answer: X``; ``</think>`` for a thinking model's template, as in the paper."""
 
     def __post_init__(self) -> None:
         if not 0 < self.base <= 1:
             raise ValueError(f"pear base must be in (0, 1], got {self.base}")
         if not 0 <= self.incorrect < 1:
             raise ValueError(f"pear incorrect must be in [0, 1), got {self.incorrect}")
+        if not self.marker:
+            raise ValueError("pear marker must be a non-empty string (the text that starts the answer phase)")
 
 
 @register(
@@ -79,8 +84,9 @@ def pear(
 
     Differences from the paper / released code:
         Reconstructed from the paper's equations (the authors' repository could not be read). The phase
-        boundary is entrolab's ``answer:`` marker instead of ``</think>``, and the marker's own tokens count to
-        the answer phase (the paper excludes ``</think>``). s and r_fmt were not recovered: 1 and 0 here.
+        boundary is entrolab's ``answer:`` marker by default (``marker="</think>"`` gives the paper's), and the
+        marker's own tokens count to the answer phase (the paper excludes ``</think>``). s and r_fmt were not
+        recovered: 1 and 0 here.
 
     Example:
         >>> h = torch.tensor([[0.8, 0.8, 0.3, 0.3], [0.2, 0.2, 0.3, 0.3]])

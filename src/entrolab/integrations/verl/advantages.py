@@ -15,6 +15,7 @@ no place for them); the last call's are kept for the entrolab trainer's schedule
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -41,6 +42,24 @@ def group_ids(index: Any) -> torch.Tensor:
     return torch.tensor([seen.setdefault(u, len(seen)) for u in np.asarray(index, dtype=object).tolist()])
 
 
+def unserved(methods: Any) -> list[str]:
+    """Why verl's advantage signature cannot run ``methods``' estimator and shapers (empty: it can): it passes
+    rewards, the response mask and uids, so a need without a default (answers, hidden states, the generator,
+    the step) cannot be met, and an estimator that returns extra tensors for the loss has nowhere to put them."""
+    out = []
+    for entry, _ in [methods.advantage, *methods.shapers]:
+        params = inspect.signature(entry.fn).parameters
+        missing = [n for n in entry.needs if n in params and params[n].default is inspect.Parameter.empty]
+        if missing:
+            out.append(f"{entry.axis} {entry.name!r} needs {missing}, which verl's advantage signature does not pass")
+    if methods.advantage[0].provides:
+        out.append(
+            f"advantage {methods.advantage[0].name!r} returns {list(methods.advantage[0].provides)} for its policy "
+            "loss, which verl's advantage signature cannot carry"
+        )
+    return out
+
+
 def make_advantage(name: str) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
     """verl's advantage-estimator function for entrolab's estimator ``name``."""
 
@@ -53,6 +72,9 @@ def make_advantage(name: str) -> Callable[..., tuple[torch.Tensor, torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         spec, _notes = advantage_spec(config, name)
         methods = methods_of(spec)
+        problems = unserved(methods)
+        if problems:
+            raise ValueError("entrolab in verl: " + "; ".join(problems) + " (use `entrolab train` or TRL)")
         mask = response_mask.to(torch.float32)  # [B, T]
         gid = group_ids(index)  # [B]
         if gid.numel() != mask.shape[0]:

@@ -35,6 +35,9 @@ from entrolab.update import Counts, Methods, apply_filters, compose, minibatch_s
 UNSUPPORTED_NEEDS = {
     "logits": "verl's model output carries log-probs and entropies, not logits",
     "vocab_baseline": "verl's rollout does not record the vocabulary baseline",
+    "group_id": "the actor's micro-batches carry no prompt uids, so groups cannot be found there",
+    "copo_global_adv": "verl's advantage estimator cannot hand extra tensors to the policy loss",
+    "copo_weight": "verl's advantage estimator cannot hand extra tensors to the policy loss",
 }
 GATHERED = ("attention_mask", "loss_mask", "old_logp", "old_entropy", "advantages", "token_weight")
 

@@ -27,3 +27,15 @@ def tiny(tiny_dir):
     from entrolab.models import load_policy
 
     return load_policy(tiny_dir)
+
+
+@pytest.fixture(scope="session")
+def rm_dir(tmp_path_factory):
+    """A tiny two-head reward model (`entrolab rm train`, a few steps on arithmetic pairs) for the methods that
+    read a reward model's heads or its proxy/gold parts."""
+    from entrolab.reward_model import RMConfig
+    from entrolab.rm_train import train_rm
+
+    out = tmp_path_factory.mktemp("rm_heads")
+    train_rm(RMConfig(task="arithmetic", out=str(out), n_pairs=24, steps=2, batch_size=8, heads=2), log=lambda *a: None)
+    return out

@@ -48,6 +48,11 @@ OBSERVED = {
     "erank/er_mean": 4.0,
     "erank/erv_mean": 0.5,
     "erank/era_mean": 0.1,
+    "reward_meanstd/batch_n": 8.0,
+    "reward_meanstd/batch_mean": 0.4,
+    "reward_meanstd/batch_var": 0.24,
+    "reward_meanstd/batch_min": 0.0,
+    "reward_meanstd/batch_max": 1.0,
 }
 
 
@@ -83,6 +88,12 @@ def _inputs(seed: int = 0) -> dict[str, torch.Tensor]:
         # per-sample tensors an advantage provides (register(provides=...)) for the policy loss
         "copo_global_adv": torch.randn(B, 1, generator=g),
         "copo_weight": torch.rand(B, 1, generator=g),
+        "ref_rewards": torch.randn(B, 3, generator=g),  # [B, M] reward-model scores of reference responses
+        "step_ids": torch.where(mask > 0, torch.arange(T).div(2, rounding_mode="floor"), -1),  # [B, T] 2-token steps
+        "prm_logp": torch.log_softmax(logits + 0.2 * torch.randn(logits.shape, generator=g), -1)[..., 0],
+        "reward_parts": torch.rand(B, 2, generator=g),  # [B, K] reward components
+        "rm_heads": torch.randn(B, 4, generator=g),  # [B, K] ensemble heads
+        "labels": torch.rand(B, generator=g),  # [N] soft preference labels
     }
 
 
@@ -121,7 +132,7 @@ def test_every_registered_method_keeps_the_contract(entry: registry.Entry) -> No
     x, cfg = _inputs(), entry.make_config()
     fn, mask = entry.fn, x["mask"]
     ref_logp = x["ref_logp"] if "ref_logp" in entry.needs else None
-    extra = {k: x[k] for k in entry.needs if k != "ref_logp"}
+    extra = {k: x[k] for k in entry.needs if k != "ref_logp" or entry.axis != "regularizer"}
     if entry.state:
         extra["state"] = {}
     grad_of: list[torch.Tensor] = []
@@ -182,6 +193,22 @@ def test_every_registered_method_keeps_the_contract(entry: registry.Entry) -> No
         grid = keep.view(-1, G)
         assert keep.shape == (B,) and keep.dtype == torch.bool
         assert entry.unit == "sample" or torch.equal(grid.all(1), grid.any(1)), "group samplers keep whole groups"
+    elif entry.axis == "preference_loss":
+        chosen = x["logp"].sum(-1)  # [N] sequence log-probs with grad
+        rejected = (x["logp"] * 0.5).sum(-1)
+        out, metrics = fn(
+            chosen,
+            rejected,
+            x["ref_logp"].sum(-1),
+            x["old_logp"].sum(-1),
+            cfg=cfg,
+            chosen_lengths=x["lengths"].clamp(min=1),
+            rejected_lengths=x["lengths"].clamp(min=1),
+            **{k: v for k, v in extra.items()},
+        )
+        assert out.shape == (B,) and torch.isfinite(out).all()
+        out.mean().backward()
+        assert x["logp"].grad is not None and torch.isfinite(x["logp"].grad).all()
     elif entry.axis == "sft_loss":
         out, used, metrics = fn(x["logp"], x["entropy"].detach(), mask, cfg=cfg)
         assert used.shape == (B, T) and torch.all(~used.bool() | (mask == 1)), "an SFT loss uses only supervised tokens"
@@ -229,7 +256,7 @@ def test_docstring_examples_run(module: str) -> None:
 
 
 def test_unknown_name_lists_known_ones() -> None:
-    with pytest.raises(ValueError, match=r"known: canon, copo, dr_grpo, erank, grpo, riskpo, rloo") as err:
+    with pytest.raises(ValueError, match=r"known: canon, copo, dr_grpo, erank, gdpo, grpo, ") as err:
         catalogue.get("advantage", "gpro")
     assert "package.module:function" in str(err.value)
     with pytest.raises(ValueError, match="allowed"):

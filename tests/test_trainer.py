@@ -13,6 +13,7 @@ from entrolab.checkpoint import has_checkpoint
 from entrolab.config import PRESETS, TrainConfig, base_config
 from entrolab.data import prompts_at
 from entrolab.learner import minibatch_backward
+from entrolab.step_inputs import pre_update_needs
 from entrolab.trainer import train
 from entrolab.update import Counts, Methods
 
@@ -196,7 +197,7 @@ def test_presets_and_toml_and_overrides(tmp_path):
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
-def test_every_preset_trains_end_to_end(tiny_dir, tmp_path, preset):
+def test_every_preset_trains_end_to_end(tiny_dir, rm_dir, tmp_path, preset):
     """Each paper's recipe runs through the real trainer: finite metrics, every method's keys logged."""
     cfg = small_cfg(
         tiny_dir,
@@ -206,6 +207,11 @@ def test_every_preset_trains_end_to_end(tiny_dir, tmp_path, preset):
         micro_batch_size=4,
         reward_fn="tests.fault_fns:digits",
     )
+    needs = pre_update_needs(Methods(cfg))
+    if "prm_logp" in needs:  # PRIME's implicit PRM: any causal LM folder serves
+        cfg = replace(cfg, prm_model=str(tiny_dir))
+    if {"rm_heads", "reward_parts"} & needs:  # a reward model's heads / its proxy and gold parts
+        cfg = replace(cfg, reward_model=str(rm_dir), reward_fn=None)
     train(cfg, log=lambda *a: None)
     last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
     assert all(math.isfinite(v) for v in last.values() if isinstance(v, float)), last

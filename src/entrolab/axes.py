@@ -151,6 +151,25 @@ class SftLoss(Protocol):
     ) -> tuple[torch.Tensor, torch.Tensor, Metrics]: ...
 
 
+class PreferenceLoss(Protocol):
+    """``(chosen_logp [N], rejected_logp [N], ref_chosen_logp [N], ref_rejected_logp [N]) -> (loss [N], metrics)``
+    for offline preference optimisation (``entrolab prefs``): sequence log-probs (sums over each response's
+    tokens) of N (chosen, rejected) pairs under the policy (with grad) and the frozen reference, and the
+    responses' token counts; a loss, lower is better, averaged over the pairs by the caller."""
+
+    def __call__(
+        self,
+        chosen_logp: torch.Tensor,
+        rejected_logp: torch.Tensor,
+        ref_chosen_logp: torch.Tensor,
+        ref_rejected_logp: torch.Tensor,
+        *,
+        cfg: Any,
+        chosen_lengths: torch.Tensor,
+        rejected_lengths: torch.Tensor,
+    ) -> tuple[torch.Tensor, Metrics]: ...
+
+
 PROTOCOLS: dict[str, type] = {
     "advantage": Advantage,
     "reward_shaper": RewardShaper,
@@ -161,6 +180,7 @@ PROTOCOLS: dict[str, type] = {
     "schedule": Schedule,
     "sft_loss": SftLoss,
     "sampler": Sampler,
+    "preference_loss": PreferenceLoss,
 }
 
 __all__ = [
@@ -169,6 +189,7 @@ __all__ = [
     "Aggregation",
     "Metrics",
     "PolicyLoss",
+    "PreferenceLoss",
     "Regularizer",
     "RewardShaper",
     "Sampler",

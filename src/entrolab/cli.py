@@ -26,6 +26,9 @@ commands:
   methods    every registered method per axis, with its paper (--json machine-readable, --markdown docs/methods.md)
   compare    several methods x seeds on the same base model and data order, then the report
   report     render CMP/report.html again from a comparison folder's saved metrics (no training)
+  prefs      offline preference optimisation (dpo, power_dl) on pairs from a file or a task's verifier
+  rm train   a Bradley-Terry reward model on a task's verifier pairs (or --pairs FILE), optionally with a spurious
+             feature; `entrolab train --reward-model DIR` then trains against it, the verifier logged as gold
 """
 
 
@@ -387,6 +390,97 @@ def cmd_report(argv: list[str]) -> int:
     return 0
 
 
+def cmd_rm(argv: list[str]) -> int:
+    if not argv or argv[0] != "train":
+        raise ValueError("usage: entrolab rm train --task T --out DIR [flags] (entrolab rm train --help)")
+    from entrolab.reward_model import RMConfig
+    from entrolab.rm_train import train_rm
+
+    cfg = _tyro(RMConfig, argv[1:], prog="entrolab rm train")
+    summary = train_rm(cfg)
+    rows = {
+        "held-out pairwise accuracy": summary["accuracy"],
+        "... without the spurious feature": summary["accuracy_clean"],
+    }
+    if summary["accuracy_flipped"] is not None:
+        rows["... with the feature on the rejected side"] = summary["accuracy_flipped"]
+    rows.update({"train pairs": summary["pairs"]["train"], "seconds": summary["train_s"]})
+    _table(f"reward model -> {cfg.out}", rows)
+    return 0
+
+
+@dataclass(frozen=True)
+class PrefsArgs:
+    """Offline preference optimisation (DPO, POWER-DL) on {prompt, chosen, rejected} pairs."""
+
+    model: str
+    """A local HF causal-LM folder: the initial policy and the frozen reference."""
+    out: str
+    """Run folder (final/, metrics.jsonl, summary.json)."""
+    pairs: str | None = None
+    """A JSONL of {"prompt", "chosen", "rejected"}; without it, --task's verifier makes --n-pairs pairs."""
+    task: str | None = None
+    """A built-in task whose verifier makes the pairs (right over wrong or badly formatted), written to
+    OUT/pairs.jsonl."""
+    n_pairs: int = 200
+    """Pairs made from --task."""
+    loss: str = "dpo"
+    """The preference_loss: dpo, power_dl (`entrolab methods`)."""
+    preset: str | None = None
+    """A paper's loss and options (dpo, power_dl); --loss and --option are applied on top."""
+    options: Annotated[tuple[str, ...], arg(aliases=("--option",))] = ()
+    """Options of the loss as 'method.field=value', e.g. 'dpo.beta=0.3'."""
+    steps: int = 50
+    """Optimizer steps."""
+    batch_size: int = 8
+    """Pairs per step."""
+    lr: float = 1e-4
+    """AdamW learning rate."""
+    seed: int = 0
+    """Seed of the pairs, the split and the batch order."""
+    threads: int | None = None
+    """torch threads (default: torch's)."""
+
+
+def cmd_prefs(argv: list[str]) -> int:
+    from entrolab.pairs import task_pairs, write_pairs
+    from entrolab.prefs import PREFS_PRESETS, PrefsConfig, train_prefs
+
+    args = _tyro(PrefsArgs, argv, prog="entrolab prefs")
+    loss, options = args.loss, tuple(args.options)
+    if args.preset is not None:
+        if args.preset not in PREFS_PRESETS:
+            raise ValueError(f"unknown prefs preset {args.preset!r}; known: {', '.join(sorted(PREFS_PRESETS))}")
+        loss, preset_options = PREFS_PRESETS[args.preset]
+        options = (*preset_options, *options)
+    if (args.pairs is None) == (args.task is None):
+        raise ValueError("give the pairs as --pairs FILE or make them from a task's verifier with --task NAME")
+    if args.threads:
+        _setup(args.threads)
+    pairs = args.pairs
+    if pairs is None:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        pairs = str(write_pairs(task_pairs(args.task, args.n_pairs, args.seed), Path(args.out) / "pairs.jsonl"))
+    cfg = PrefsConfig(
+        model=args.model,
+        pairs=pairs,
+        out=args.out,
+        loss=loss,
+        options=options,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+    )
+    summary = train_prefs(cfg)
+    rows = {k: v for k, v in summary.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    for when in ("before", "after"):
+        for k, v in (summary.get(f"eval_{when}") or {}).items():
+            rows[f"{when}: {k}"] = v
+    _table(f"{loss} -> {args.out}", rows)
+    return 0
+
+
 def cmd_tasks(argv: list[str]) -> int:
     from entrolab.tasks import task_list
 
@@ -413,6 +507,8 @@ COMMANDS = {
     "methods": cmd_methods,
     "compare": cmd_compare,
     "report": cmd_report,
+    "rm": cmd_rm,
+    "prefs": cmd_prefs,
 }
 
 

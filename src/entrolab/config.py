@@ -67,6 +67,17 @@ class TrainConfig:
     """A system message before each prompt (needs a chat template)."""
     reward_fn: str | None = None
     """Optional 'package.module:function' (completion, example) -> float | Verdict replacing the task's verifier."""
+    reward_model: str | None = None
+    """A reward model folder (`entrolab rm train`): its score is the reward; the task's verifier stays the gold
+    (reward/accuracy, reward/gold_mean), logged next to the proxy (reward/proxy_mean, reward/spurious_rate)."""
+    reward_mix: float = 1.0
+    """With --reward-model: reward = mix * reward model + (1 - mix) * verifier score."""
+    prm_model: str | None = None
+    """An implicit process reward model (a causal LM folder, e.g. one `entrolab prefs` trained with DPO on
+    right-over-wrong pairs): the prm_logp of implicit_prm, r_t = beta log pi_prm / pi_base. Kept frozen."""
+    reference_responses: int = 1
+    """Responses of the base policy per prompt whose rewards a method's ref_rewards need holds (PAR's M; the
+    paper finds 1 enough), sampled once per prompt."""
     on_reward_error: OnRewardError = "raise"
     """What a raising, hanging (past --reward-timeout) or dying reward does: stop the run (raise) or drop the
     sample from the update and count it in reward/errors and reward/timeouts (skip)."""
@@ -198,6 +209,16 @@ class TrainConfig:
         for name in ("warmup_steps", "eval_every", "save_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.reward_model is not None and self.reward_fn is not None:
+            raise ValueError("reward_model and reward_fn both replace the verifier; choose one")
+        if self.prm_model is not None and not (Path(self.prm_model) / "config.json").is_file():
+            raise ValueError(f"prm model {self.prm_model!r} is not a Hugging Face model folder (no config.json)")
+        if self.reference_responses < 1:
+            raise ValueError(f"reference_responses must be >= 1, got {self.reference_responses}")
+        if not 0.0 <= self.reward_mix <= 1.0:
+            raise ValueError(f"reward_mix must be in [0, 1], got {self.reward_mix}")
+        if self.reward_model is not None and not (Path(self.reward_model) / "config.json").is_file():
+            raise ValueError(f"reward model {self.reward_model!r} is not a folder `entrolab rm train` wrote")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if self.micro_batch_size is not None and self.micro_batch_size < 1:

@@ -122,6 +122,22 @@ PRESET_PARTS: dict[str, Preset] = {
     "epe": Preset(method=dict(token_filters=("epe",)), recipe=dict(options=DAPO_CLIP)),
     # Spurious rewards (arXiv:2512.16912): Bernoulli(1/2) rewards, independent of the response
     "spurious_reward": Preset(method=dict(reward_shapers=("random_reward",))),
+    # PAR (arXiv:2502.18770): sigmoid of the reward-model score centred on the base policy's responses
+    "par": Preset(method=dict(reward_shapers=("par",))),
+    # PRL (arXiv:2601.10201): outcome advantage minus the suffix log-ratio to the reference, per 256-token step
+    "prl": Preset(method=dict(advantage="prl")),
+    # PRIME (arXiv:2502.01456): implicit process rewards of a PRM (--prm-model) plus the outcome, RLOO each
+    "prime": Preset(method=dict(advantage="implicit_prm")),
+    # Clip / Delta (arXiv:2410.15115): PRIME's implicit step rewards, clipped at 0 then differenced
+    "clip_delta": Preset(
+        method=dict(
+            advantage="implicit_prm", options=("implicit_prm.granularity='step'", "implicit_prm.refine='clip_delta'")
+        )
+    ),
+    # Ctrl-U: the ensemble reward model's mean, down-weighted by its heads' disagreement (--reward-model, --heads K)
+    "ctrl_u": Preset(method=dict(reward_shapers=("ctrl_u",))),
+    # MARBLE (arXiv:2605.06507): per-reward group advantages balanced by min-norm weights (reward_parts)
+    "marble": Preset(method=dict(advantage="marble")),
     # Best-of-N (arXiv:2404.01730): only each group's best sample enters the loss
     "best_of_n": Preset(method=dict(samplers=("best_of_n",))),
     # --- entropy control ------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ Axis = Literal[
     "schedule",
     "sft_loss",
     "sampler",
+    "preference_loss",
 ]
 AXES: tuple[str, ...] = get_args(Axis)
 

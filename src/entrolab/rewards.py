@@ -9,7 +9,8 @@ A reward function is a plain picklable callable of one of two kinds:
   with :func:`batched_reward`, or set it on a callable class (:class:`BatchedReward`).
 
 Either may return ``(score, info)`` instead of a score, ``info`` a dict kept in ``Scores.info``. A float is a
-score, right iff >= 1; a ``Verdict`` carries its reason (``right`` / ``wrong`` / ``format_error``) and score.
+score, right iff >= 1 (unless ``info`` says ``right`` and ``format_error`` itself, as a reward model scored next to
+the task's verifier does); a ``Verdict`` carries its reason (``right`` / ``wrong`` / ``format_error``) and score.
 Both kinds are driven through one internal protocol (``_score_items``: one :class:`SampleScore` per sample, in
 order), shared by the worker processes and the in-process path.
 
@@ -222,6 +223,8 @@ def _judge(out: Any) -> SampleScore:
         except (TypeError, ValueError):
             return _failed(f"reward function returned {out!r:.80}, neither a number nor a Verdict")
         right, fmt = score >= 1.0, False
+    if info is not None and isinstance(info.get("right"), bool):  # a score that is not a judgement (a reward
+        right, fmt = info["right"], bool(info.get("format_error", False))  # model's) says right / format apart
     if not math.isfinite(score):
         return _failed(f"reward function returned a non-finite score {score!r}")
     return SampleScore(score, right, fmt, None, False, info)

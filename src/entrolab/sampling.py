@@ -60,6 +60,8 @@ def shape_rewards(
     available = pre_inputs(batch, inputs)
     for entry, rcfg in methods.shapers:
         extra = declared(entry, available)
+        if entry.state:
+            extra["state"] = methods.state.get(entry.name, {})
         rewards, sm = entry.fn(
             rewards,
             batch.loss_mask,

@@ -7,6 +7,11 @@
   none, EOS dropped) + ``"answer: <reference>"`` + EOS; the log-probs of the reference answer's tokens and the
   EOS (so that a prefix of the answer does not score as the answer). Batched, no gradient.
 - ``answer_phase [B, T]``: 1 from the start of the response's last ``phase_marker`` on (PEAR's phases).
+- ``step_ids [B, T]``: each response token's reasoning step (0, 1, ...; a step ends at a newline token, which
+  belongs to it); -1 on padding. No model pass.
+- ``ref_logp [B, T]`` / ``prm_logp [B, T]``: the response tokens' log-probs under the frozen reference (the base
+  model) / the implicit process reward model (``--prm-model``), one teacher-forced pass each, before the
+  advantage (process-reward advantages read them).
 - ``hidden_states [B, T, d]``: one extra forward pass, the last layer's hidden states at the response tokens
   (the state after reading each token), 0 on padding. No gradient.
 
@@ -41,7 +46,28 @@ def answer_phase(response_ids: torch.Tensor, mask: torch.Tensor, marker_ids: lis
 
 
 # the needs computed here
-MODEL_NEEDS = ("answer_ids", "answer_logp", "answer_mask", "answer_phase", "hidden_states")
+MODEL_NEEDS = (
+    "rm_heads",
+    "reward_parts",
+    "answer_ids",
+    "answer_logp",
+    "answer_mask",
+    "answer_phase",
+    "hidden_states",
+    "step_ids",
+    "ref_logp",
+    "prm_logp",
+)
+
+
+def step_ids(response_ids: torch.Tensor, mask: torch.Tensor, newline_ids: Sequence[int]) -> torch.Tensor:
+    """The reasoning step of each response token: 0 until the first newline token (included), then 1, ...;
+    -1 where ``mask`` is 0.  [B, T] long"""
+    is_nl = torch.zeros_like(response_ids, dtype=torch.bool)
+    for t in newline_ids:
+        is_nl |= response_ids == t
+    before = torch.cumsum(is_nl.long(), dim=-1) - is_nl.long()  # newlines strictly before each token
+    return torch.where(mask > 0, before, torch.full_like(before, -1))
 
 
 def pre_update_needs(methods: Methods) -> set[str]:
@@ -149,6 +175,8 @@ def round_inputs(
     phase_marker: str | None = None,
     temperature: float = 1.0,
     backend: str = "auto",
+    ref_model=None,
+    prm_model=None,
 ) -> dict[str, torch.Tensor]:
     """The declared model-side needs of one rollout round (see the module docstring); {} when none.
     ``marker`` precedes the reference answer; ``phase_marker`` (default: ``marker``) starts the answer phase."""
@@ -164,6 +192,41 @@ def round_inputs(
         )
     if "hidden_states" in needs:
         out["hidden_states"] = response_hidden(model, rollout)
+    if "step_ids" in needs:
+        newline = [i for i in tokenizer("\n", add_special_tokens=False)["input_ids"]][-1:]
+        out["step_ids"] = step_ids(rollout.response_ids, rollout.response_mask, newline)
+    for name, other in (("ref_logp", ref_model), ("prm_logp", prm_model)):
+        if name in needs:
+            if other is None:
+                raise ValueError(f"a chosen method needs {name}, but no {name[:-5]} model was loaded")
+            with torch.no_grad():
+                lp, _, _ = teacher_forced(
+                    other,
+                    rollout.prompt_ids,
+                    rollout.prompt_mask,
+                    rollout.response_ids,
+                    rollout.response_mask,
+                    temperature=temperature,
+                    backend=backend,
+                )
+            out[name] = lp.float() * rollout.response_mask
+    return out
+
+
+def info_inputs(needs: set[str], infos: Sequence[dict[str, Any] | None]) -> dict[str, torch.Tensor]:
+    """``rm_heads [B, K]`` (an ensemble reward model's heads) and ``reward_parts [B, K]`` (a reward's components)
+    from the reward function's per-sample info (``heads`` / ``parts``); a need no sample's info holds raises."""
+    out = {}
+    for need, key, hint in (
+        ("rm_heads", "heads", "train with --reward-model DIR (an ensemble: entrolab rm train --heads K)"),
+        ("reward_parts", "parts", "use --reward-model DIR (parts: proxy, gold) or a reward returning info['parts']"),
+    ):
+        if need not in needs:
+            continue
+        rows = [i.get(key) if i else None for i in infos]
+        if any(r is None for r in rows) or len({len(r) for r in rows}) != 1:
+            raise ValueError(f"a chosen method needs {need}, which the reward's info does not carry: {hint}")
+        out[need] = torch.tensor(rows, dtype=torch.float32)
     return out
 
 
@@ -177,7 +240,7 @@ def cat_rows(parts: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor
         shape = [max(x.shape[d] for x in xs) for d in range(1, xs[0].dim())]
         padded = []
         for x in xs:
-            y = x.new_zeros((x.shape[0], *shape))
+            y = x.new_full((x.shape[0], *shape), -1 if key == "step_ids" else 0)
             y[(slice(None), *(slice(0, n) for n in x.shape[1:]))] = x
             padded.append(y)
         out[key] = torch.cat(padded)
@@ -195,8 +258,10 @@ __all__ = [
     "answer_logp",
     "answer_phase",
     "cat_rows",
+    "info_inputs",
     "pre_update_needs",
     "response_hidden",
     "round_inputs",
     "select_rows",
+    "step_ids",
 ]

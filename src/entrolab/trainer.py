@@ -40,13 +40,15 @@ from entrolab.jsonio import append_jsonl, truncate_after, write_json_atomic
 from entrolab.learner import ROLLOUT_EXTRAS, lr_factor, ppo_update, probe_entropy_change, reference_logp
 from entrolab.models import load_policy, save_policy
 from entrolab.progress import Progress
+from entrolab.reference_rewards import ReferenceRewards
 from entrolab.rewards import RewardPool, load_reward_fn
+from entrolab.rm_reward import RewardModelReward, gold_metrics
 from entrolab.rollout import generate
 from entrolab.runfolder import claim_run_folder
 from entrolab.sampling import advantage_of, answer_marker, sampled_batch, scored_batch, shape_rewards
 from entrolab.signals import StopFlag
 from entrolab.sinks import make_sinks
-from entrolab.step_inputs import pre_update_needs, round_inputs
+from entrolab.step_inputs import info_inputs, pre_update_needs, round_inputs
 from entrolab.stepstats import seed_everything, step_metrics
 from entrolab.tasks import ANSWER_TAG
 from entrolab.update import Methods, inactive_warnings
@@ -77,10 +79,19 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, log=p
     methods = Methods(cfg)
     methods.check_schedules(TRAINER_METRICS, ("eval/", "schedule/"))
     reward_fn = load_reward_fn(cfg.reward_fn) if cfg.reward_fn else task.verify
+    if cfg.reward_model:  # the proxy as the reward, the verifier as gold
+        reward_fn = RewardModelReward(cfg.reward_model, task.verify, cfg.reward_mix)
     ref_model = None
-    if "ref_logp" in methods.needs or cfg.base_kl:
+    pre_needs = pre_update_needs(methods)
+    if "prm_logp" in pre_needs and not cfg.prm_model:
+        raise ValueError("a chosen method needs prm_logp: give the implicit process reward model with --prm-model DIR")
+    if "ref_logp" in methods.needs or cfg.base_kl or {"ref_rewards", "ref_logp"} & pre_needs:
         ref_model, _ = load_policy(cfg.model)
         ref_model.eval().requires_grad_(False)
+    prm_model = None
+    if "prm_logp" in pre_needs:  # the implicit PRM, frozen
+        prm_model, _ = load_policy(cfg.prm_model)
+        prm_model.eval().requires_grad_(False)
     mode = "resume" if resume else "overwrite" if overwrite else "new"
     with (
         claim_run_folder(run, mode),
@@ -88,10 +99,11 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, log=p
             reward_fn, workers=cfg.reward_workers, timeout=cfg.reward_timeout, on_error=cfg.on_reward_error
         ) as pool,
     ):
-        return _loop(cfg, run, resume, model, tokenizer, ref_model, task, methods, pool, log)
+        return _loop(cfg, run, resume, model, tokenizer, (ref_model, prm_model), task, methods, pool, log)
 
 
-def _loop(cfg, run, resume, model, tokenizer, ref_model, task, methods, pool, log) -> dict[str, Any]:
+def _loop(cfg, run, resume, model, tokenizer, others, task, methods, pool, log) -> dict[str, Any]:
+    ref_model, prm_model = others  # the frozen base (reference) and implicit PRM, when a method needs them
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
     total_opt_steps = cfg.steps * cfg.ppo_epochs * cfg.minibatches
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -139,6 +151,20 @@ def _loop(cfg, run, resume, model, tokenizer, ref_model, task, methods, pool, lo
         save_checkpoint(run, {**state, "rng": rng_state(gen), "loop": loop, "config": cfg.to_json()}, step=step)
 
     final: tuple[dict[str, float], dict[str, Any]] | None = None
+    refs = None  # the base policy's reference rewards per prompt (ref_rewards), cached for the run
+    if "ref_rewards" in pre_update_needs(methods):
+        refs = ReferenceRewards(
+            ref_model,
+            tokenizer,
+            pool,
+            cfg.reference_responses,
+            seed=cfg.seed,
+            prompt_of=task.prompt,
+            max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            backend=cfg.backend,
+        )
     with StopFlag() as stop, Progress(cfg.steps, s["step"], enabled=cfg.progress) as bar:
         for step in range(s["step"] + 1, cfg.steps + 1):
             t0 = time.perf_counter()
@@ -156,7 +182,7 @@ def _loop(cfg, run, resume, model, tokenizer, ref_model, task, methods, pool, lo
             model_needs = pre_update_needs(step_methods)
             answers: dict[str, int] = {}  # answer_ids of the step, shared across the samplers' rounds
 
-            def draw(step_methods=step_methods, spent=spent, model_needs=model_needs, answers=answers):
+            def draw(step_methods=step_methods, spent=spent, model_needs=model_needs, answers=answers, refs=refs):
                 t_draw = time.perf_counter()
                 examples = prompts_at(task, cfg.seed, s["position"], cfg.prompts_per_step)
                 s["position"] += cfg.prompts_per_step
@@ -191,7 +217,12 @@ def _loop(cfg, run, resume, model, tokenizer, ref_model, task, methods, pool, lo
                     phase_marker=answer_marker(step_methods),
                     temperature=cfg.temperature,
                     backend=cfg.backend,
+                    ref_model=ref_model,
+                    prm_model=prm_model,
                 )
+                got.update(info_inputs(model_needs, scored.info))  # rm_heads, reward_parts
+                if refs is not None:  # PAR: the base policy's responses to the same prompts
+                    got["ref_rewards"] = refs(rows)
                 return rollout, scored, got
 
             run_inputs = {"generator": gen, "step": step, "total_steps": cfg.steps}
@@ -249,6 +280,7 @@ def _loop(cfg, run, resume, model, tokenizer, ref_model, task, methods, pool, lo
             m["time/entropy_probe"] = t3 - t_probe
             # --- log -----------------------------------------------------------------------------------
             m.update(step_metrics(batch, scores, rewards, grad_norms, sched.get_last_lr()[0]))
+            m.update(gold_metrics(scores.info))
             timing = {"time/rollout": spent["rollout"], "time/reward": spent["reward"] + (t2 - t1)}
             m.update({**timing, "time/update": t3 - t2, "time/step": t3 - t0})
             m["throughput/tokens_per_s"] = float(batch.attention_mask.sum()) / (t3 - t0)

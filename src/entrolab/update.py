@@ -48,6 +48,12 @@ SUPPLIED_NEEDS = {
     "hidden_states": "the behaviour policy's last-layer hidden states at the response tokens [B, T, d]",
     "step": "the current step, 1-based (int)",
     "total_steps": "the run's number of steps (int)",
+    "ref_rewards": "reward-model scores of M reference responses (the base policy's) of each row's prompt [B, M]",
+    "step_ids": "the reasoning step of each response token [B, T] long (steps end at newlines; -1 on padding)",
+    "prm_logp": "log-probs of the response tokens under the implicit process reward model [B, T]",
+    "reward_parts": "the K reward components of each sample before they are mixed into one reward [B, K]",
+    "rm_heads": "the scores of each head of an ensemble reward model [B, K]",
+    "labels": "soft preference labels of the pairs [N] (1: the chosen response is preferred)",
 }
 
 

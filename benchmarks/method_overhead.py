@@ -81,9 +81,17 @@ def pre_configs(model_dir: str) -> dict[str, TrainConfig]:
     return out
 
 
-def time_pre(model, tok, methods: Methods, rollout, texts, rows, scores, gen: torch.Generator) -> float:
-    """The work before the update: model-side needs, reward shapers, samplers' keep masks, the advantage."""
+def time_pre(model, tok, methods: Methods, rollout, texts, rows, scores, gen: torch.Generator, ref=None) -> float:
+    """The work before the update: model-side needs (the reference's and an implicit PRM's passes, both with the
+    frozen ``ref`` here), reward shapers, samplers' keep masks, the advantage. What a reward model's info holds
+    (heads, parts) and PAR's cached reference rewards cost nothing per step and are given as tensors."""
     t0 = time.perf_counter()
+    needs = pre_update_needs(methods)
+    given = {
+        "rm_heads": scores.reward.unsqueeze(1).repeat(1, 2),
+        "reward_parts": torch.stack([scores.reward, scores.reward.flip(0)], 1),
+        "ref_rewards": scores.reward.view(-1, 8).mean(1, keepdim=True).repeat_interleave(8, 0),
+    }
     got = round_inputs(
         pre_update_needs(methods),
         model=model,
@@ -95,9 +103,11 @@ def time_pre(model, tok, methods: Methods, rollout, texts, rows, scores, gen: to
         table={},
         marker=ANSWER_TAG,
         phase_marker=answer_marker(methods),
+        ref_model=ref,
+        prm_model=ref,
     )
     batch = scored_batch(rollout, scores, 8)
-    inputs = {"generator": gen, "step": 2, "total_steps": 10, **got}
+    inputs = {"generator": gen, "step": 2, "total_steps": 10, **got, **{k: v for k, v in given.items() if k in needs}}
     _, rewards, _ = shape_rewards(methods, batch, scores, 32, inputs)
     for entry, scfg in methods.samplers:
         entry.fn(
@@ -198,15 +208,17 @@ def main(quick: bool) -> None:
         pre_methods = {k: Methods(c) for k, c in pre_cfgs.items()}
         pre_times: dict[str, list[float]] = {k: [] for k in pre_cfgs}
         for k in pre_cfgs:  # warm-up
-            time_pre(model, tok, pre_methods[k], full_rollout, texts, rows_ex, scores, gen)
+            time_pre(model, tok, pre_methods[k], full_rollout, texts, rows_ex, scores, gen, ref)
         for _ in range(repeats):
             for k in pre_cfgs:
                 if k == "advantage:grpo":
                     continue
                 pre_times["advantage:grpo"].append(
-                    time_pre(model, tok, pre_methods["advantage:grpo"], full_rollout, texts, rows_ex, scores, gen)
+                    time_pre(model, tok, pre_methods["advantage:grpo"], full_rollout, texts, rows_ex, scores, gen, ref)
                 )
-                pre_times[k].append(time_pre(model, tok, pre_methods[k], full_rollout, texts, rows_ex, scores, gen))
+                pre_times[k].append(
+                    time_pre(model, tok, pre_methods[k], full_rollout, texts, rows_ex, scores, gen, ref)
+                )
         model.train()
         times: dict[str, list[float]] = {k: [] for k in cfgs}
         for k in cfgs:  # warm-up
@@ -274,7 +286,8 @@ def main(quick: bool) -> None:
     lines += [
         "",
         f"Before the update (issue 15): GRPO's advantage takes {pre_base * 1000:.1f} ms; each method below adds its",
-        "declared needs (an extra model pass for answer_logp / hidden_states), shapers, samplers and advantage.",
+        "declared needs (one extra model pass each for answer_logp, hidden_states, ref_logp, prm_logp),",
+        "shapers, samplers and advantage.",
         "",
         "| method | needs | before-update ms | step overhead |",
         "|---|---|---|---|",

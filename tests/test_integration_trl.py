@@ -375,3 +375,36 @@ def test_methods_needing_an_extra_model_pass_are_refused_by_the_adapter(tiny_dir
     for preset, need in (("likelihood", "answer_logp"), ("erank", "hidden_states")):
         with pytest.raises(ValueError, match=need):
             _trainer(tiny_dir, tmp_path, methods=preset)
+
+
+def zeros_reward(completions, **kw) -> list[float]:
+    """A second reward component: the number of '0' characters."""
+    return [float(c.count("0")) for c in completions]
+
+
+def test_issue_16_advantages_in_trl_prl_on_trls_reference_and_marble_on_its_reward_functions(tiny_dir, tmp_path):
+    tr = _trainer(tiny_dir, tmp_path, methods={"advantage": "prl", "options": ["prl.step_len=4"]}, max_steps=2)
+    assert tr.ref_model is not None  # prl reads the reference's log-probs: TRL loads its reference model
+    tr.train()
+    logged = [row for row in tr.state.log_history if "loss" in row]
+    assert len(logged) == 2 and all(math.isfinite(row["prl/kl_seq_mean"]) for row in logged)
+    model, tok = load_policy(tiny_dir)
+    tok.padding_side = "left"
+    ds = Dataset.from_list([{"prompt": f"{i} + {i} ="} for i in range(64)])
+    tr = EntrolabGRPOTrainer(
+        model=model,
+        processing_class=tok,
+        reward_funcs=[ones_reward, zeros_reward],
+        args=_args(tmp_path / "marble", max_steps=2),
+        train_dataset=ds,
+        methods="marble",
+    )
+    tr.train()
+    logged = [row for row in tr.state.log_history if "loss" in row]
+    assert len(logged) == 2 and all(0 <= row["marble/valid_frac"] <= 1 for row in logged)
+
+
+@pytest.mark.parametrize(("preset", "need"), [("par", "ref_rewards"), ("prime", "prm_logp"), ("ctrl_u", "rm_heads")])
+def test_issue_16_methods_needing_what_trl_does_not_compute_are_refused(tiny_dir, tmp_path, preset, need):
+    with pytest.raises(ValueError, match=need):
+        _trainer(tiny_dir, tmp_path, methods=preset)

@@ -707,6 +707,14 @@ def test_riskpo_runs_as_a_verl_estimator_and_equals_the_catalogue_function():
         ("grpo", ["likelihood"], "answer_logp"),
         ("grpo", ["pear"], "old_entropy"),
         ("grpo", ["ares"], "old_entropy"),
+        ("prl", [], "old_logp"),
+        ("implicit_prm", [], "prm_logp"),
+        ("tp_grpo", [], "prm_logp"),
+        ("marble", [], "reward_parts"),
+        ("gdpo", [], "reward_parts"),
+        ("grpo", ["par"], "ref_rewards"),
+        ("grpo", ["ctrl_u"], "rm_heads"),
+        ("grpo", ["reward_meanstd"], "state across steps"),
     ],
 )
 def test_methods_verl_cannot_serve_are_refused_with_the_reason(estimator, shapers, match):

@@ -173,3 +173,16 @@ def test_best_of_n_section_places_the_measured_kl_next_to_best_of_n(rendered):
     section = doc.split("<h2>Best-of-N vs KL-regularised RL</h2>")[1].split("<h2>")[0]
     assert "<td>alpha</td><td>0.900 ± 0.000</td>" in section
     assert f"<td>{n:.2f}</td><td>{bon_win_rate(n):.3f}</td><td>0.525 ± 0.000</td>" in section
+
+
+def test_the_hacking_section_appears_for_runs_on_a_reward_model(tmp_path):
+    root = write_comparison(tmp_path / "cmp")
+    for path in root.glob("*/seed*/metrics.jsonl"):
+        rows = [json.loads(x) for x in path.read_text().splitlines()]
+        for r in rows[1:]:
+            r.update({"reward/proxy_mean": 0.1 * r["step"], "reward/gold_mean": 0.5, "reward/spurious_rate": 0.2})
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    doc = render_report(root).read_text()
+    assert "Reward hacking: proxy against gold" in doc and (root / "plots" / "hacking.png").exists()
+    plain = render_report(write_comparison(tmp_path / "plain")).read_text()
+    assert "Reward hacking" not in plain

@@ -134,6 +134,8 @@ PRESET_PARTS: dict[str, Preset] = {
             advantage="implicit_prm", options=("implicit_prm.granularity='step'", "implicit_prm.refine='clip_delta'")
         )
     ),
+    # TP-GRPO (arXiv:2602.06422): incremental step rewards of an implicit PRM (--prm-model) with turning points
+    "tp_grpo": Preset(method=dict(advantage="tp_grpo")),
     # Ctrl-U: the ensemble reward model's mean, down-weighted by its heads' disagreement (--reward-model, --heads K)
     "ctrl_u": Preset(method=dict(reward_shapers=("ctrl_u",))),
     # MARBLE (arXiv:2605.06507): per-reward group advantages balanced by min-norm weights (reward_parts)

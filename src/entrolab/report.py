@@ -657,6 +657,14 @@ _CURVES = (  # (panels of (metric key, y label), section name) of the step-curve
     ([("clip/frac_low", "fraction of tokens"), ("clip/frac_high", "fraction of tokens")], "clip"),
     ([("len/mean", "tokens"), ("len/truncated_frac", "fraction of samples")], "length"),
 )
+HACKING = (  # runs trained on a reward model (--reward-model): the proxy against the gold verifier
+    [
+        ("reward/proxy_mean", "reward-model score"),
+        ("reward/gold_mean", "verifier score (gold)"),
+        ("reward/spurious_rate", "fraction with the spurious feature"),
+    ],
+    "reward hacking",
+)
 
 
 def _grid_html(root: Path) -> str:
@@ -745,6 +753,17 @@ def render_report(cmp_dir: str | Path, *, title: str | None = None) -> Path:
             "base on the test problems (ties count half); dashed: best-of-N.",
         ),
     ]
+    if any("reward/proxy_mean" in row for rs in cmp.runs.values() for r in rs for row in r.rows):
+        sections.insert(
+            1,
+            (
+                "hacking",
+                "Reward hacking: proxy against gold",
+                lambda: _curves_section(cmp, colors, *HACKING),
+                "Runs trained on a reward model: its score (the proxy), the task's verifier on the same rollouts "
+                "(gold) and the share of rollouts carrying the reward model's spurious feature.",
+            ),
+        )
     parts = []
     header, rows, bold = summary_rows(cmp)
     parts.append(

@@ -21,6 +21,7 @@ FLAGS = {
     "prl": ["--option", "prl.step_len=4"],
     "prime": ["--prm-model", "{prm}"],
     "clip_delta": ["--prm-model", "{prm}"],
+    "tp_grpo": ["--prm-model", "{prm}"],
 }
 
 

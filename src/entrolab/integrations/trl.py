@@ -80,13 +80,15 @@ from entrolab.integrations.trl_data import (  # noqa: E402
     truncated_rows,
 )
 from entrolab.sampling import advantage_of, answer_marker, answer_phase, declared, pre_inputs  # noqa: E402
-from entrolab.step_inputs import pre_update_needs  # noqa: E402
+from entrolab.step_inputs import pre_update_needs, step_ids  # noqa: E402
 from entrolab.stepstats import fill_errored  # noqa: E402
 from entrolab.tasks import final_answer  # noqa: E402
 from entrolab.update import Methods, apply_filters, compose, minibatch_stats, slice_stats  # noqa: E402
 
 STATE_FILE = "entrolab_state.json"
-UNSERVED_NEEDS = ("answer_logp", "answer_mask", "hidden_states")  # extra passes the adapter does not run
+# what the adapter does not compute: extra model passes (the reference answer, hidden states, an implicit PRM),
+# the base policy's reference responses (PAR), a reward model's heads
+UNSERVED_NEEDS = ("answer_logp", "answer_mask", "hidden_states", "prm_logp", "ref_rewards", "rm_heads")
 MM_KEYS = ("pixel_values", "image_grid_thw", "num_images", "pixel_attention_mask", "spatial_shapes", "num_tiles")
 MM_KEYS += ("image_sizes", "token_type_ids", "mm_token_type_ids", "image_position_ids")
 
@@ -160,7 +162,7 @@ class EntrolabGRPOTrainer(GRPOTrainer):
         self._step_sums = _Observed({})
         self._generation: dict[str, Generation] = {}
         self._rewards_per_func: torch.Tensor | None = None
-        if "ref_logp" in self._methods.needs and float(args.beta) == 0.0:
+        if "ref_logp" in self._methods.needs | pre_update_needs(self._methods) and float(args.beta) == 0.0:
             # TRL loads its reference model and computes its log-probs only for beta != 0; entrolab's term (and
             # its coefficient) replace TRL's KL, so any non-zero value does.
             args = copy.copy(args)
@@ -258,6 +260,9 @@ class EntrolabGRPOTrainer(GRPOTrainer):
         if "answer_phase" in methods.shaper_needs:  # 1 from the last answer marker on (PEAR's phases)
             marker = tok(answer_marker(methods), add_special_tokens=False)["input_ids"]
             extras["answer_phase"] = answer_phase(ids, cmask.float(), marker)
+        if "step_ids" in pre_needs:  # reasoning steps end at newline tokens
+            newline = tok("\n", add_special_tokens=False)["input_ids"][-1:]
+            extras["step_ids"] = step_ids(ids, cmask.float(), newline)
         if "answer_ids" in pre_needs:  # COPO: the extracted final answers, as ids equal across processes
             texts = tok.batch_decode([row[: int(n)] for row, n in zip(ids, cmask.sum(-1), strict=True)])
             extras["answer_ids"] = self._answer_ids(texts)
@@ -280,7 +285,7 @@ class EntrolabGRPOTrainer(GRPOTrainer):
             old_entropy=self._gather(old_entropy.float()),
             group_id=group_id,
             truncated=self._gather(truncated),
-            extras={k: self._gather(v.float()) for k, v in extras.items() if k != "answer_ids"},
+            extras={k: self._gather(v.float()) for k, v in extras.items() if k not in ("answer_ids", "step_ids")},
         )
         rewards = fill_errored(raw, unscorable, group_id)
         m: dict[str, float] = {}
@@ -288,6 +293,14 @@ class EntrolabGRPOTrainer(GRPOTrainer):
         inputs = {"generator": gen, "step": int(self.state.global_step) + 1, "total_steps": int(self.state.max_steps)}
         if "answer_ids" in extras:
             inputs["answer_ids"] = self._gather(extras["answer_ids"])  # [N] long
+        if "step_ids" in extras:
+            inputs["step_ids"] = self._gather(extras["step_ids"] + 1) - 1  # padding across processes: -1
+        if "reward_parts" in pre_needs:  # TRL's reward functions are the components (NaN: did not apply)
+            inputs["reward_parts"] = rewards_pf.float()
+        if "ref_logp" in pre_needs:  # TRL's reference log-probs of the completions (beta != 0 loads the model)
+            if out.get("ref_per_token_logps") is None:
+                raise RuntimeError("a chosen advantage needs ref_logp, but TRL computed no ref_per_token_logps")
+            inputs["ref_logp"] = self._gather(out["ref_per_token_logps"].float() * attn)
         available = pre_inputs(glob, inputs)
         for entry, rcfg in methods.shapers:
             rewards, sm = entry.fn(

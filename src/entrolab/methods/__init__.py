@@ -44,6 +44,7 @@ from entrolab.methods import (
     spear,
     spurious,
     steer,
+    tp_grpo,
 )
 
 __all__ = [
@@ -83,4 +84,5 @@ __all__ = [
     "spear",
     "spurious",
     "steer",
+    "tp_grpo",
 ]

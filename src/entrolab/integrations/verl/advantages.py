@@ -52,6 +52,12 @@ def unserved(methods: Any) -> list[str]:
         missing = [n for n in entry.needs if n in params and params[n].default is inspect.Parameter.empty]
         if missing:
             out.append(f"{entry.axis} {entry.name!r} needs {missing}, which verl's advantage signature does not pass")
+    for entry, _ in [methods.advantage, *methods.shapers]:
+        if entry.state:  # a schedule's running state, which the driver's estimator call never receives
+            out.append(
+                f"{entry.axis} {entry.name!r} reads state across steps {list(entry.state)}, which verl's "
+                "advantage signature does not carry"
+            )
     if methods.advantage[0].provides:
         out.append(
             f"advantage {methods.advantage[0].name!r} returns {list(methods.advantage[0].provides)} for its policy "

@@ -67,6 +67,7 @@ def test_rm_train_writes_a_model_that_reads_the_spurious_feature(rm_dir):
     assert meta["pairs"] == {"train": 39, "held_out": 9}
     # every chosen side carries the marker: a few steps suffice to rank by it, and it is all the model reads
     assert meta["accuracy"] >= 0.9 and meta["accuracy_flipped"] <= 0.3
+    assert set(meta["contrast"]) == {"response", "instruction", "instruction_one_way"}
 
 
 def test_reward_model_reward_mixes_the_proxy_with_the_verifier_and_keeps_gold(rm_dir):
@@ -95,7 +96,8 @@ def test_train_with_the_reward_model_logs_proxy_gold_and_the_feature_rate(rm_dir
     assert main(argv) == 0
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()][1:]
     for row in rows:
-        assert {"reward/gold_mean", "reward/proxy_mean", "reward/spurious_rate"} <= set(row)
+        assert {"reward/gold_mean", "reward/proxy_mean", "reward/spurious_rate", "reward/starc_proxy_gold"} <= set(row)
+        assert 0.0 <= row["reward/starc_proxy_gold"] <= 1.0
         assert row["reward/mean"] == pytest.approx(row["reward/proxy_mean"], abs=1e-5)  # mix 1: the proxy alone
         assert 0.0 <= row["reward/accuracy"] <= 1.0
 

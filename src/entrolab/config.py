@@ -75,6 +75,11 @@ class TrainConfig:
     prm_model: str | None = None
     """An implicit process reward model (a causal LM folder, e.g. one `entrolab prefs` trained with DPO on
     right-over-wrong pairs): the prm_logp of implicit_prm, r_t = beta log pi_prm / pi_base. Kept frozen."""
+    prm_lr: float = 0.0
+    """PRIME's online update of --prm-model: AdamW learning rate of one step per training step on the step's
+    rollouts, labels the verifier's outcome (PRIME: 1e-6); 0 keeps the PRM frozen."""
+    prm_beta: float = 0.05
+    """beta of the online PRM loss BCE(sigmoid(beta sum log pi_prm / pi_ref), right) (PRIME: 0.05)."""
     reference_responses: int = 1
     """Responses of the base policy per prompt whose rewards a method's ref_rewards need holds (PAR's M; the
     paper finds 1 enough), sampled once per prompt."""
@@ -213,6 +218,10 @@ class TrainConfig:
             raise ValueError("reward_model and reward_fn both replace the verifier; choose one")
         if self.prm_model is not None and not (Path(self.prm_model) / "config.json").is_file():
             raise ValueError(f"prm model {self.prm_model!r} is not a Hugging Face model folder (no config.json)")
+        if self.prm_lr < 0 or (self.prm_lr > 0 and self.prm_model is None):
+            raise ValueError(f"prm_lr must be >= 0 and needs --prm-model, got {self.prm_lr} with {self.prm_model!r}")
+        if not self.prm_beta > 0:
+            raise ValueError(f"prm_beta must be > 0, got {self.prm_beta}")
         if self.reference_responses < 1:
             raise ValueError(f"reference_responses must be >= 1, got {self.reference_responses}")
         if not 0.0 <= self.reward_mix <= 1.0:

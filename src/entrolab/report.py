@@ -662,6 +662,7 @@ HACKING = (  # runs trained on a reward model (--reward-model): the proxy agains
         ("reward/proxy_mean", "reward-model score"),
         ("reward/gold_mean", "verifier score (gold)"),
         ("reward/spurious_rate", "fraction with the spurious feature"),
+        ("reward/starc_proxy_gold", "STARC distance proxy–gold"),
     ],
     "reward hacking",
 )

@@ -122,6 +122,7 @@ def build_rm(cfg: RMConfig):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, LlamaConfig
 
     transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
     with torch.random.fork_rng():
         torch.manual_seed(cfg.seed)
         if cfg.model is not None:
@@ -163,6 +164,7 @@ def load_rm(path: str | Path):
     if not (p / "config.json").is_file():
         raise ValueError(f"reward model {str(path)!r} is not a Hugging Face folder (no config.json)")
     transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
     tok = AutoTokenizer.from_pretrained(p)
     model = AutoModelForSequenceClassification.from_pretrained(p).eval().requires_grad_(False)
     if tok.pad_token_id is None:

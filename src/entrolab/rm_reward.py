@@ -62,17 +62,26 @@ class RewardModelReward:
         return out
 
 
-def gold_metrics(infos: Sequence[dict[str, Any] | None]) -> dict[str, float]:
-    """``reward/gold_mean``, ``reward/proxy_mean`` and ``reward/spurious_rate`` of a step's reward-model infos."""
+def gold_metrics(infos: Sequence[dict[str, Any] | None], group_id: torch.Tensor | None = None) -> dict[str, float]:
+    """``reward/gold_mean``, ``reward/proxy_mean``, ``reward/spurious_rate`` of a step's reward-model infos, and
+    with ``group_id`` [B] ``reward/starc_proxy_gold``: the STARC distance (arXiv:2309.15257, bandit form) between
+    the proxy and the gold reward over the step's rollouts (0: the same policy order, 1: the opposite)."""
     rows = [i for i in infos if i and "gold" in i]
     if not rows:
         return {}
     n = len(rows)
-    return {
+    out = {
         "reward/gold_mean": sum(r["gold"] for r in rows) / n,
         "reward/proxy_mean": sum(r["proxy"] for r in rows) / n,
         "reward/spurious_rate": sum(bool(r["spurious"]) for r in rows) / n,
     }
+    if group_id is not None and n == len(infos):
+        from entrolab.rm_diagnostics import starc_distance
+
+        proxy = torch.tensor([r["proxy"] for r in rows])
+        gold = torch.tensor([r["gold"] for r in rows])
+        out["reward/starc_proxy_gold"] = starc_distance(proxy, gold, group_id)
+    return out
 
 
 __all__ = ["RewardModelReward", "gold_metrics"]

@@ -4,7 +4,8 @@ See :mod:`entrolab.reward_model` for the model, the pairs and the spurious featu
 the seed, the first ``eval_fraction`` held out; the spurious feature is injected into the chosen side of the
 training *and* held-out pairs (``spurious_rate`` of them), and the accuracy is also reported on the held-out pairs
 without it (``accuracy_clean``) and with the feature moved to the rejected side (``accuracy_flipped``: how much
-the model reads the feature instead of the answer).
+the model reads the feature instead of the answer), and its Contrast-Instructions consistency on held-out
+prompts (``contrast``: does each prompt prefer its own right answer, and each answer its own prompt).
 """
 
 from __future__ import annotations
@@ -38,6 +39,22 @@ def _with_feature(pairs: list[dict[str, str]], cfg: RMConfig, side: str, rng: ra
             q[side] = inject(q[side], cfg.spurious, cfg.marker, cfg.length_pad)
         out.append(q)
     return out
+
+
+def contrast(model, tok, pairs: list[dict[str, str]]) -> dict[str, float] | None:
+    """Contrast-Instructions consistency (arXiv:2309.16155) on consecutive held-out pairs of different prompts:
+    instruction i with the preferred response of instruction j (s_ij), for (i, j) = (1, 1), (1, 2), (2, 2), (2, 1)."""
+    from entrolab.rm_diagnostics import contrast_consistency
+
+    two = [(a, b) for a, b in zip(pairs[::2], pairs[1::2], strict=False) if a["prompt"] != b["prompt"]]
+    if not two:
+        return None
+    with torch.no_grad():
+
+        def s(pi: int, ri: int) -> torch.Tensor:
+            return scores(model, tok, [p[pi]["prompt"] for p in two], [p[ri]["chosen"] for p in two]).mean(-1)
+
+        return contrast_consistency(s(0, 0), s(0, 1), s(1, 1), s(1, 0))
 
 
 def train_rm(cfg: RMConfig, task: Any = None, log=print) -> dict[str, Any]:
@@ -86,6 +103,7 @@ def train_rm(cfg: RMConfig, task: Any = None, log=print) -> dict[str, Any]:
         )
         if cfg.spurious != "none"
         else None,
+        "contrast": contrast(model, tok, held),
         "final_loss": sum(losses[-50:]) / len(losses[-50:]),
         "train_s": time.perf_counter() - t0,
     }

@@ -39,6 +39,7 @@ from entrolab.evaluate import decode_completions, evaluate
 from entrolab.jsonio import append_jsonl, truncate_after, write_json_atomic
 from entrolab.learner import ROLLOUT_EXTRAS, lr_factor, ppo_update, probe_entropy_change, reference_logp
 from entrolab.models import load_policy, save_policy
+from entrolab.prm_update import prm_step
 from entrolab.progress import Progress
 from entrolab.reference_rewards import ReferenceRewards
 from entrolab.rewards import RewardPool, load_reward_fn
@@ -89,9 +90,9 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, log=p
         ref_model, _ = load_policy(cfg.model)
         ref_model.eval().requires_grad_(False)
     prm_model = None
-    if "prm_logp" in pre_needs:  # the implicit PRM, frozen
+    if "prm_logp" in pre_needs:  # the implicit PRM: frozen, or updated online (PRIME) with --prm-lr
         prm_model, _ = load_policy(cfg.prm_model)
-        prm_model.eval().requires_grad_(False)
+        prm_model.eval().requires_grad_(cfg.prm_lr > 0)
     mode = "resume" if resume else "overwrite" if overwrite else "new"
     with (
         claim_run_folder(run, mode),
@@ -105,6 +106,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, log=p
 def _loop(cfg, run, resume, model, tokenizer, others, task, methods, pool, log) -> dict[str, Any]:
     ref_model, prm_model = others  # the frozen base (reference) and implicit PRM, when a method needs them
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
+    prm_opt = torch.optim.AdamW(prm_model.parameters(), lr=cfg.prm_lr) if prm_model is not None and cfg.prm_lr else None
     total_opt_steps = cfg.steps * cfg.ppo_epochs * cfg.minibatches
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_factor(s, total_opt_steps, cfg.warmup_steps, cfg.lr_schedule)
@@ -128,6 +130,9 @@ def _loop(cfg, run, resume, model, tokenizer, others, task, methods, pool, log) 
         ckpt, path = load_checkpoint(run, log=log)
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
+        if prm_opt is not None:  # PRIME's online PRM continues where it was
+            prm_model.load_state_dict(ckpt["prm"])
+            prm_opt.load_state_dict(ckpt["prm_optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
         set_rng_state(ckpt["rng"], gen)
         legacy = ("step", "position", "base_eval", "elapsed", "schedule_state", "observed")  # a checkpoint.pt
@@ -148,6 +153,8 @@ def _loop(cfg, run, resume, model, tokenizer, others, task, methods, pool, log) 
     def checkpoint(step: int) -> None:
         loop = {**s, "step": step, "elapsed": s["elapsed"] + time.perf_counter() - t_start}
         state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict()}
+        if prm_opt is not None:
+            state.update(prm=prm_model.state_dict(), prm_optimizer=prm_opt.state_dict())
         save_checkpoint(run, {**state, "rng": rng_state(gen), "loop": loop, "config": cfg.to_json()}, step=step)
 
     final: tuple[dict[str, float], dict[str, Any]] | None = None
@@ -253,6 +260,19 @@ def _loop(cfg, run, resume, model, tokenizer, others, task, methods, pool, log) 
             batch = batch.replace(advantages=advantages, loss_mask=batch.loss_mask * row_keep.float().unsqueeze(-1))
             batch.extras.update(provided)
             m.update({k: float(v) for k, v in am.items()})
+            if prm_opt is not None:  # PRIME: the PRM learns from the rollouts it just scored
+                m.update(
+                    prm_step(
+                        prm_model,
+                        prm_opt,
+                        batch,
+                        got["ref_logp"],
+                        scores.right,
+                        beta=cfg.prm_beta,
+                        temperature=cfg.temperature,
+                        backend=cfg.backend,
+                    )
+                )
             if ref_model is not None:  # the frozen reference's log-probs, once per rollout
                 ref = reference_logp(ref_model, batch, cfg.micro_batch_size, cfg.temperature, cfg.backend)
                 if "ref_logp" in step_methods.needs:
@@ -280,7 +300,7 @@ def _loop(cfg, run, resume, model, tokenizer, others, task, methods, pool, log) 
             m["time/entropy_probe"] = t3 - t_probe
             # --- log -----------------------------------------------------------------------------------
             m.update(step_metrics(batch, scores, rewards, grad_norms, sched.get_last_lr()[0]))
-            m.update(gold_metrics(scores.info))
+            m.update(gold_metrics(scores.info, batch.group_id))
             timing = {"time/rollout": spent["rollout"], "time/reward": spent["reward"] + (t2 - t1)}
             m.update({**timing, "time/update": t3 - t2, "time/step": t3 - t0})
             m["throughput/tokens_per_s"] = float(batch.attention_mask.sum()) / (t3 - t0)
@@ -314,6 +334,8 @@ def _loop(cfg, run, resume, model, tokenizer, others, task, methods, pool, log) 
     for sink in sinks:
         sink.close()
     save_policy(model, tokenizer, run / "final")
+    if prm_opt is not None:
+        save_policy(prm_model, tokenizer, run / "final_prm")
     write_json_atomic(run / "eval_detail.json", final[1])
     summary = {
         "base_eval": s["base_eval"],

@@ -11,16 +11,18 @@ import pytest
 import torch
 
 from entrolab.methods.par import (
-    CeilConfig,
     LscConfig,
     ParConfig,
     RelativeConfig,
-    RunningStatsConfig,
-    SigmoidConfig,
     par,
     par_centered,
     par_lsc,
     par_relative_tanh,
+)
+from entrolab.methods.reward_transforms import (
+    CeilConfig,
+    RunningStatsConfig,
+    SigmoidConfig,
     reward_ceil,
     reward_clip,
     reward_meanstd,

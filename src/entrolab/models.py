@@ -109,14 +109,14 @@ def build_byte_tokenizer(texts: Iterable[str] | None = None, vocab_size: int | N
     )
 
 
-def build_tiny_model(tokenizer, size: SizePreset = "tiny1m", seed: int = 0):  # -> LlamaForCausalLM
-    """A freshly initialised Llama-architecture causal LM of the given size preset, in fp32."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+def tiny_llama_config(tokenizer, size: SizePreset = "tiny1m", **extra):  # -> transformers.LlamaConfig
+    """The Llama config of a size preset over ``tokenizer``'s vocabulary (``extra``: more config fields)."""
+    from transformers import LlamaConfig
 
     if size not in SIZES:
         raise ValueError(f"unknown model size {size!r}; allowed: {sorted(SIZES)}")
     s = SIZES[size]
-    cfg = LlamaConfig(
+    return LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=s.hidden,
         intermediate_size=4 * s.hidden,
@@ -125,6 +125,17 @@ def build_tiny_model(tokenizer, size: SizePreset = "tiny1m", seed: int = 0):  # 
         num_key_value_heads=s.heads,
         head_dim=s.hidden // s.heads,
         max_position_embeddings=s.max_positions,
+        **extra,
+    )
+
+
+def build_tiny_model(tokenizer, size: SizePreset = "tiny1m", seed: int = 0):  # -> LlamaForCausalLM
+    """A freshly initialised Llama-architecture causal LM of the given size preset, in fp32."""
+    from transformers import LlamaForCausalLM
+
+    cfg = tiny_llama_config(
+        tokenizer,
+        size,
         tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,

@@ -26,7 +26,7 @@ from typing import Literal, get_args
 
 import torch
 
-from entrolab.models import SIZES, SizePreset, build_tokenizer
+from entrolab.models import SIZES, SizePreset, build_tokenizer, tiny_llama_config
 
 Spurious = Literal["none", "marker", "length"]
 META = "entrolab_rm.json"
@@ -119,7 +119,7 @@ def build_rm(cfg: RMConfig):
     """(model, tokenizer): from ``cfg.model`` (a new score head with ``heads`` outputs on a causal LM's body) or
     a fresh tiny Llama sequence classifier."""
     import transformers
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, LlamaConfig
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
@@ -136,18 +136,7 @@ def build_rm(cfg: RMConfig):
             from transformers import LlamaForSequenceClassification
 
             tok = build_tokenizer()
-            s = SIZES[cfg.size]
-            conf = LlamaConfig(
-                vocab_size=len(tok),
-                hidden_size=s.hidden,
-                intermediate_size=4 * s.hidden,
-                num_hidden_layers=s.layers,
-                num_attention_heads=s.heads,
-                num_key_value_heads=s.heads,
-                head_dim=s.hidden // s.heads,
-                max_position_embeddings=s.max_positions,
-                num_labels=cfg.heads,
-            )
+            conf = tiny_llama_config(tok, cfg.size, num_labels=cfg.heads)
             model = LlamaForSequenceClassification(conf)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token

@@ -77,13 +77,13 @@ def implicit_prm_loss(
     _, _, orm = implicit_rewards(ops.upcast(prm_logp), ops.upcast(ref_logp.detach()), mask, beta)  # [B]
     rows = mask.bool().any(1).to(orm.dtype)  # [B]
     y = labels.to(orm.dtype)
-    loss = (F.binary_cross_entropy_with_logits(orm, y, reduction="none") * rows).sum() / rows.sum().clamp(min=1)
+    loss = ops.masked_mean(F.binary_cross_entropy_with_logits(orm, y, reduction="none"), rows)
     with torch.no_grad():
         right = ((orm > 0) == (y > 0.5)).to(orm.dtype)
         metrics = {
             "prime/prm_loss": loss.detach(),
-            "prime/prm_acc": (right * rows).sum() / rows.sum().clamp(min=1),
-            "prime/prm_score_mean": (orm.sigmoid() * rows).sum() / rows.sum().clamp(min=1),
+            "prime/prm_acc": ops.masked_mean(right, rows),
+            "prime/prm_score_mean": ops.masked_mean(orm.sigmoid(), rows),
         }
     return loss, metrics
 
@@ -235,7 +235,7 @@ def implicit_prm(
     metrics = {
         "adv/mean": ops.masked_mean(adv, keep),
         "adv/std": ops.masked_var(adv, keep).sqrt(),
-        "prime/orm_mean": (orm * rows).sum() / rows.sum().clamp(min=1),
+        "prime/orm_mean": ops.masked_mean(orm, rows),
         "prime/process_return_absmax": absmax,
         "prime/process_return_std": ops.masked_var(proc_ret, keep).sqrt(),
         "prime/outcome_return_std": ops.masked_var(out_ret, keep).sqrt(),

@@ -141,11 +141,6 @@ class PRLConfig:
             raise ValueError(f"prl eps must be >= 0, got {self.eps}")
 
 
-def _row_mean(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """Mean of ``x [B]`` over the rows where ``rows`` is True (0 when none)."""
-    return (x * rows).sum() / rows.sum().clamp(min=1)
-
-
 @register(
     "advantage",
     "prl",
@@ -226,9 +221,9 @@ def prl(
     metrics = {
         "adv/mean": ops.masked_mean(adv, keep),
         "adv/std": ops.masked_var(adv, keep).sqrt(),
-        "prl/kl_seq_mean": _row_mean(kl_seq, rows),
+        "prl/kl_seq_mean": ops.masked_mean(kl_seq, rows),
         "prl/penalty_mean": ops.masked_mean(a - adv, keep),
-        "prl/steps_mean": _row_mean((ends & keep).sum(1).to(adv.dtype), rows),
+        "prl/steps_mean": ops.masked_mean((ends & keep).sum(1).to(adv.dtype), rows),
     }
     return adv, metrics
 

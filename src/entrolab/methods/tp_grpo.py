@@ -265,11 +265,11 @@ def tp_grpo(
     metrics = {
         "adv/mean": ops.masked_mean(adv, keep),
         "adv/std": ops.masked_var(adv, keep).sqrt(),
-        "tp_grpo/steps_mean": (n.to(q.dtype) * rows).sum() / rows.sum().clamp(min=1),
+        "tp_grpo/steps_mean": ops.masked_mean(n.to(q.dtype), rows),
         "tp_grpo/turning_frac": n_tp / n_steps.clamp(min=1),
         "tp_grpo/balance_drop_frac": (n_raw - tp_kept.sum().to(q.dtype)) / n_raw.clamp(min=1),
         "tp_grpo/increment_absmean": d.abs().sum() / n_steps.clamp(min=1),
-        "tp_grpo/delta_mean": (delta.squeeze(1) * rows).sum() / rows.sum().clamp(min=1),
+        "tp_grpo/delta_mean": ops.masked_mean(delta.squeeze(1), rows),
         "tp_grpo/bonus_mean": torch.where(tp, bonus, zero).sum() / n_tp.clamp(min=1),
     }
     return adv, metrics

@@ -177,6 +177,7 @@ def round_inputs(
     backend: str = "auto",
     ref_model=None,
     prm_model=None,
+    micro_batch_size: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """The declared model-side needs of one rollout round (see the module docstring); {} when none.
     ``marker`` precedes the reference answer; ``phase_marker`` (default: ``marker``) starts the answer phase."""
@@ -199,17 +200,21 @@ def round_inputs(
         if name in needs:
             if other is None:
                 raise ValueError(f"a chosen method needs {name}, but no {name[:-5]} model was loaded")
-            with torch.no_grad():
-                lp, _, _ = teacher_forced(
-                    other,
-                    rollout.prompt_ids,
-                    rollout.prompt_mask,
-                    rollout.response_ids,
-                    rollout.response_mask,
-                    temperature=temperature,
-                    backend=backend,
-                )
-            out[name] = lp.float() * rollout.response_mask
+            parts = []
+            for i in range(0, len(rollout), micro_batch_size or len(rollout)):  # the update's micro-batch size
+                r = rollout.select(slice(i, i + (micro_batch_size or len(rollout))))
+                with torch.no_grad():
+                    lp, _, _ = teacher_forced(
+                        other,
+                        r.prompt_ids,
+                        r.prompt_mask,
+                        r.response_ids,
+                        r.response_mask,
+                        temperature=temperature,
+                        backend=backend,
+                    )
+                parts.append(lp.float() * r.response_mask)
+            out[name] = torch.cat(parts)
     return out
 
 

@@ -226,6 +226,7 @@ def _loop(cfg, run, resume, model, tokenizer, others, task, methods, pool, log) 
                     backend=cfg.backend,
                     ref_model=ref_model,
                     prm_model=prm_model,
+                    micro_batch_size=cfg.micro_batch_size,
                 )
                 got.update(info_inputs(model_needs, scored.info))  # rm_heads, reward_parts
                 if refs is not None:  # PAR: the base policy's responses to the same prompts
@@ -273,8 +274,10 @@ def _loop(cfg, run, resume, model, tokenizer, others, task, methods, pool, log) 
                         backend=cfg.backend,
                     )
                 )
-            if ref_model is not None:  # the frozen reference's log-probs, once per rollout
-                ref = reference_logp(ref_model, batch, cfg.micro_batch_size, cfg.temperature, cfg.backend)
+            if "ref_logp" in step_methods.needs or cfg.base_kl:  # the frozen reference's log-probs, once per rollout
+                ref = got.get("ref_logp")  # already computed for a method before the update
+                if ref is None:
+                    ref = reference_logp(ref_model, batch, cfg.micro_batch_size, cfg.temperature, cfg.backend)
                 if "ref_logp" in step_methods.needs:
                     batch.extras["ref_logp"] = ref
                 if cfg.base_kl:  # E_pi[log pi(y) - log pi_base(y)] over the step's (on-policy) sequences

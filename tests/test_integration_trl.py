@@ -408,3 +408,15 @@ def test_issue_16_advantages_in_trl_prl_on_trls_reference_and_marble_on_its_rewa
 def test_issue_16_methods_needing_what_trl_does_not_compute_are_refused(tiny_dir, tmp_path, preset, need):
     with pytest.raises(ValueError, match=need):
         _trainer(tiny_dir, tmp_path, methods=preset)
+
+
+def test_running_statistics_shapers_get_their_schedule_state_in_trl(tiny_dir, tmp_path):
+    """reward_meanstd normalises by every reward seen: at step 2 its running mean pools both steps' batches."""
+    methods = {"reward_shapers": ["reward_meanstd"], "schedules": ["reward_running_stats"]}
+    tr = _trainer(tiny_dir, tmp_path, methods=methods, max_steps=2)
+    tr.train()
+    first, second = [row for row in tr.state.log_history if "loss" in row]
+    n1, m1 = first["reward_meanstd/batch_n"], first["reward_meanstd/batch_mean"]
+    n2, m2 = second["reward_meanstd/batch_n"], second["reward_meanstd/batch_mean"]
+    assert second["schedule/reward_meanstd.n"] == n1
+    assert second["reward_meanstd/run_mean"] == pytest.approx((n1 * m1 + n2 * m2) / (n1 + n2), rel=1e-5)

@@ -56,7 +56,16 @@ def shape_rewards(
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
     """-> (the rewards with errored samples set to their group's mean [B], the shaped rewards [B], metrics)."""
     raw = fill_errored(scores.reward, scores.errored, batch.group_id)  # [B]
-    rewards, m = raw, {}
+    rewards, m = apply_shapers(methods, batch, raw, max_length, inputs)
+    return raw, rewards, m
+
+
+def apply_shapers(
+    methods: Methods, batch: TokenBatch, rewards: torch.Tensor, max_length: int, inputs: dict[str, Any] | None = None
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The reward shapers in order on ``rewards`` [B], each with its declared needs and controller state.
+    -> (shaped rewards [B], metrics). The trainer and the TRL adapter both call it."""
+    m: dict[str, float] = {}
     available = pre_inputs(batch, inputs)
     for entry, rcfg in methods.shapers:
         extra = declared(entry, available)
@@ -73,7 +82,7 @@ def shape_rewards(
             **extra,
         )
         m.update({k: float(v) for k, v in sm.items()})
-    return raw, rewards, m
+    return rewards, m
 
 
 def answer_marker(methods: Methods) -> str:
@@ -203,6 +212,7 @@ __all__ = [
     "advantage_of",
     "answer_marker",
     "answer_phase",
+    "apply_shapers",
     "declared",
     "pre_inputs",
     "sampled_batch",

@@ -79,7 +79,7 @@ from entrolab.integrations.trl_data import (  # noqa: E402
     rows_of,
     truncated_rows,
 )
-from entrolab.sampling import advantage_of, answer_marker, answer_phase, declared, pre_inputs  # noqa: E402
+from entrolab.sampling import advantage_of, answer_marker, answer_phase, apply_shapers, declared, pre_inputs  # noqa: E402
 from entrolab.step_inputs import pre_update_needs, step_ids  # noqa: E402
 from entrolab.stepstats import fill_errored  # noqa: E402
 from entrolab.tasks import final_answer  # noqa: E402
@@ -301,19 +301,9 @@ class EntrolabGRPOTrainer(GRPOTrainer):
             if out.get("ref_per_token_logps") is None:
                 raise RuntimeError("a chosen advantage needs ref_logp, but TRL computed no ref_per_token_logps")
             inputs["ref_logp"] = self._gather(out["ref_per_token_logps"].float() * attn)
+        rewards, sm = apply_shapers(methods, glob, rewards, self.max_completion_length, inputs)
+        m.update(sm)
         available = pre_inputs(glob, inputs)
-        for entry, rcfg in methods.shapers:
-            rewards, sm = entry.fn(
-                rewards,
-                glob.loss_mask,
-                cfg=rcfg,
-                group_id=group_id,
-                lengths=glob.lengths,
-                truncated=glob.truncated,
-                max_length=self.max_completion_length,
-                **declared(entry, available),
-            )
-            m.update({k: float(v) for k, v in sm.items()})
         for entry, scfg in methods.samplers:  # no refill in TRL: a dropped group leaves the loss and its counts
             keep, km = entry.fn(
                 raw,

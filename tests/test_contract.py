@@ -94,6 +94,15 @@ def _inputs(seed: int = 0) -> dict[str, torch.Tensor]:
         "reward_parts": torch.rand(B, 2, generator=g),  # [B, K] reward components
         "rm_heads": torch.randn(B, 4, generator=g),  # [B, K] ensemble heads
         "labels": torch.rand(B, generator=g),  # [N] soft preference labels
+        # multi-turn episodes: 2-token turns as steps, a state per (turn, row parity), rewards on turn ends
+        "state_ids": torch.where(
+            mask > 0, torch.arange(T).div(2, rounding_mode="floor") * 3 + torch.arange(B).unsqueeze(1) % 2, -1
+        ),
+        "step_rewards": torch.zeros(B, T),
+        "step_valid": (torch.rand(B, T, generator=g) > 0.3).float() * mask,
+        "progress": torch.rand(B, T, generator=g) * mask,  # [B, T] progress estimates on step ends
+        "turns": torch.tensor([3, 2, 1, 0, 3, 3, 1, 2]),
+        "tool_calls": torch.tensor([2, 1, 0, 0, 2, 1, 0, 1]),
     }
 
 
@@ -256,7 +265,7 @@ def test_docstring_examples_run(module: str) -> None:
 
 
 def test_unknown_name_lists_known_ones() -> None:
-    with pytest.raises(ValueError, match=r"known: canon, copo, dr_grpo, erank, gdpo, grpo, ") as err:
+    with pytest.raises(ValueError, match=r"known: aem, aepo_adv, canon, copo, dr_grpo, empg, erank, gdpo, gigpo, grpo, ") as err:
         catalogue.get("advantage", "gpro")
     assert "package.module:function" in str(err.value)
     with pytest.raises(ValueError, match="allowed"):

@@ -49,7 +49,7 @@ class TokenBatch:
             prompt_mask=rollout.prompt_mask,
             response_ids=rollout.response_ids,
             attention_mask=rollout.response_mask,
-            loss_mask=rollout.response_mask.clone(),
+            loss_mask=rollout.response_mask * rollout.extras.get("model_mask", 1.0),  # observations: never trained
             old_logp=rollout.logp,
             old_entropy=rollout.entropy,
             group_id=torch.arange(b // group_size).repeat_interleave(group_size),
@@ -64,6 +64,13 @@ class TokenBatch:
     def lengths(self) -> torch.Tensor:
         """Response tokens per sequence (attended), EOS included.  [B]"""
         return self.attention_mask.sum(-1).long()
+
+    @property
+    def model_tokens(self) -> torch.Tensor:
+        """1 on the tokens the policy generated: the attended ones, less a multi-turn episode's observations
+        (``extras["model_mask"]``).  [B, T]"""
+        model = self.extras.get("model_mask")
+        return self.attention_mask if model is None else self.attention_mask * model
 
     @property
     def width(self) -> int:

@@ -15,6 +15,8 @@ from typing import Annotated, Literal
 
 from tyro.conf import arg
 
+from entrolab.envs import ENV_BUDGETS
+
 USAGE = """usage: entrolab COMMAND [flags]   (entrolab COMMAND --help for the flags)
 
 commands:
@@ -36,10 +38,12 @@ commands:
 class PretrainArgs:
     """Warm-start a tiny model on a task's deliberately imperfect demonstrations."""
 
-    task: str
-    """Task name: arithmetic, countdown, jsonl, math or rg:<name> (`entrolab tasks` lists them)."""
     out: str
     """Output folder (a normal Hugging Face model folder)."""
+    task: str | None = None
+    """Task name: arithmetic, countdown, jsonl, math or rg:<name> (`entrolab tasks` lists them)."""
+    env: str | None = None
+    """A multi-turn environment instead of a task: calc, lookup or grid (demonstrations of tool use)."""
     task_path: str | None = None
     """For task=jsonl or math: a .jsonl, .json, .parquet or .csv file or a save_to_disk folder."""
     prompt_field: str | None = None
@@ -77,8 +81,10 @@ class EvalArgs:
 
     model: str
     """Local Hugging Face causal-LM folder."""
-    task: str
+    task: str | None = None
     """Task name: arithmetic, countdown, jsonl, math or rg:<name> (`entrolab tasks` lists them)."""
+    env: str | None = None
+    """A multi-turn environment instead of a task: calc, lookup or grid (success, turns, tool calls)."""
     task_path: str | None = None
     """For task=jsonl or math: a .jsonl, .json, .parquet or .csv file or a save_to_disk folder."""
     prompt_field: str | None = None
@@ -101,8 +107,12 @@ class EvalArgs:
     """Completions per prompt (N of pass@k)."""
     limit: int | None = None
     """Only the first N prompts of the split."""
-    max_new_tokens: int = 32
-    """Maximum completion length."""
+    max_new_tokens: int | None = None
+    """Maximum completion length (default 32), or with env the episode's budget (default: the env's own)."""
+    turn_tokens: int = 24
+    """With env: the most tokens of one model turn."""
+    max_turns: int | None = None
+    """With env: model turns per episode (default: the environment's own)."""
     temperature: float = 1.0
     """Sampling temperature."""
     top_p: float = 1.0
@@ -153,6 +163,8 @@ def _setup(threads: int) -> None:
 def _make_task(args, seed: int):
     from entrolab.data import task_of
 
+    if (args.task is None) == (args.env is None):
+        raise ValueError(f"give one of --task NAME or --env NAME, got task={args.task!r}, env={args.env!r}")
     return task_of(args, seed)
 
 
@@ -189,16 +201,17 @@ def cmd_pretrain(argv: list[str]) -> int:
     t0 = time.perf_counter()
     stats = pretrain(task, args.out, cfg, log=_pretrain_logger(cfg.steps))
     print(
-        f"pretrained {stats['parameters']:,} parameters on {args.task} in {stats['seconds']:.1f} s "
+        f"pretrained {stats['parameters']:,} parameters on {args.task or args.env} in {stats['seconds']:.1f} s "
         f"(final loss {stats['final_loss']:.3f}) -> {args.out}"
     )
     if args.eval_samples:
         model, tok = load_policy(args.out)
-        ev = evaluate(model, tok, task, samples=args.eval_samples, seed=args.seed)
+        budget = {"max_new_tokens": ENV_BUDGETS[args.env]} if args.env else {}
+        ev = evaluate(model, tok, task, samples=args.eval_samples, seed=args.seed, **budget)
         stats["eval"] = ev
         stats["total_seconds"] = time.perf_counter() - t0
         (Path(args.out) / "pretrain.json").write_text(json.dumps(stats, indent=2))
-        _table(f"base policy on {args.task} (test split)", ev)
+        _table(f"base policy on {args.task or args.env} (test split)", ev)
     return 0
 
 
@@ -218,14 +231,19 @@ def cmd_eval(argv: list[str]) -> int:
     args = _tyro(EvalArgs, argv, prog="entrolab eval")
     _setup(args.threads)
     model, tok = load_policy(args.model)
-    task = with_chat_template(_make_task(args, args.seed), tok, args.chat_template, args.system_prompt)
+    task = _make_task(args, args.seed)
+    if args.env is None:
+        task = with_chat_template(task, tok, args.chat_template, args.system_prompt)
+    budget = args.max_new_tokens or (ENV_BUDGETS[args.env] if args.env else 32)
     ev = evaluate(
         model,
         tok,
         task,
         split=args.split,
         samples=args.samples,
-        max_new_tokens=args.max_new_tokens,
+        max_new_tokens=budget,
+        turn_tokens=args.turn_tokens,
+        max_turns=args.max_turns,
         temperature=args.temperature,
         top_p=args.top_p,
         seed=args.seed,
@@ -234,7 +252,7 @@ def cmd_eval(argv: list[str]) -> int:
     if args.json:
         print(json.dumps(ev))
     else:
-        _table(f"{args.model} on {args.task} ({args.split} split, {args.samples} samples/prompt)", ev)
+        _table(f"{args.model} on {args.task or args.env} ({args.split} split, {args.samples} samples/prompt)", ev)
     return 0
 
 
@@ -482,18 +500,23 @@ def cmd_prefs(argv: list[str]) -> int:
 
 
 def cmd_tasks(argv: list[str]) -> int:
+    from entrolab.envs import env_list
     from entrolab.tasks import task_list
 
     as_json = "--json" in argv
     bad = [a for a in argv if a != "--json"]
     if bad:
         raise ValueError(f"entrolab tasks takes only --json, got {bad}")
-    rows = task_list()
+    rows, envs = task_list(), env_list()
     if as_json:
-        print(json.dumps([{"name": n, "description": d} for n, d in rows], indent=2))
+        out = [{"name": n, "description": d} for n, d in rows]
+        print(json.dumps(out + [{"name": n, "description": d, "env": True} for n, d in envs], indent=2))
         return 0
-    width = max(len(n) for n, _ in rows)
+    width = max(len(n) for n, _ in rows + envs)
     for name, description in rows:
+        print(f"{name:<{width}}  {description}")
+    print("\nmulti-turn environments (--env NAME):")
+    for name, description in envs:
         print(f"{name:<{width}}  {description}")
     return 0
 

@@ -41,6 +41,8 @@ class CompareArgs:
     (e.g. clip_cov@clip_cov.ratio=0.002)."""
     task: str = "arithmetic"
     """Task name."""
+    env: str | None = None
+    """A multi-turn environment instead of the task: calc, lookup or grid."""
     seeds: int = 3
     """Seeds 0 .. seeds-1 per method."""
     steps: int = 200
@@ -85,7 +87,7 @@ def plan(args: CompareArgs) -> tuple[list[TrainConfig], dict[str, Any]]:
         if not eq:
             raise ValueError(f"--set {item!r} must look like 'field=value'")
         overrides[key.strip()] = _parse_value(raw.strip())
-    allowed = set(TrainConfig.__dataclass_fields__) - {"model", "task", "out", "seed", "steps", "preset"}
+    allowed = set(TrainConfig.__dataclass_fields__) - {"model", "task", "env", "out", "seed", "steps", "preset"}
     bad = sorted(set(overrides) - allowed)
     if bad:
         raise ValueError(f"--set cannot change {bad}; allowed fields: {sorted(allowed)}")
@@ -99,6 +101,7 @@ def plan(args: CompareArgs) -> tuple[list[TrainConfig], dict[str, Any]]:
                 **fields,
                 model=args.model or "",
                 task=args.task,
+                env=args.env,
                 steps=args.steps,
                 seed=seed,
                 out=str(Path(args.out) / method / f"seed{seed}"),
@@ -165,14 +168,14 @@ def last_step(run: Path) -> int:
 
 def compare(args: CompareArgs) -> Path:
     """Run the grid (skipping finished runs, resuming interrupted ones), then render the report."""
+    from entrolab.data import build_task
     from entrolab.pretrain import PretrainConfig, cached_base
     from entrolab.report import render_report
-    from entrolab.tasks import make_task
 
     runs, info = plan(args)  # every bad name or value, and every unfair difference, fails here, before any work
     out = Path(args.out)
     show_plan(info, out)
-    model = args.model or str(cached_base(make_task(args.task, seed=0), PretrainConfig(), args.cache))
+    model = args.model or str(cached_base(build_task(args.task, 0, env=args.env), PretrainConfig(), args.cache))
     runs = [replace(r, model=model) for r in runs]
     (out / "compare.json").write_text(
         json.dumps(
@@ -204,12 +207,17 @@ def write_base_eval(cfg: TrainConfig, path: Path) -> None:
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     model, tok = load_policy(cfg.model)
+    task = task_of(cfg, cfg.task_seed)
+    if cfg.env is None:
+        task = with_chat_template(task, tok, cfg.chat_template, cfg.system_prompt)
     metrics, detail = evaluate(
         model,
         tok,
-        with_chat_template(task_of(cfg, cfg.task_seed), tok, cfg.chat_template, cfg.system_prompt),
+        task,
         samples=cfg.eval_samples,
-        max_new_tokens=cfg.max_new_tokens,
+        max_new_tokens=cfg.response_budget,
+        turn_tokens=cfg.turn_tokens,
+        max_turns=cfg.max_turns,
         temperature=cfg.temperature,
         top_p=cfg.top_p,
         seed=cfg.seed,

@@ -111,6 +111,19 @@ class TrainConfig:
     """G: completions per prompt (>= 2 for group baselines)."""
     max_new_tokens: int = 32
     """Maximum completion length; completions without EOS by then are truncated."""
+    env: str | None = None
+    """A multi-turn environment instead of a task: calc, lookup or grid (`entrolab tasks` lists them); the
+    model acts over turns (tool calls, moves) and the environment's observations are never trained on."""
+    max_turns: int | None = None
+    """With env: model turns per episode (default: the environment's own)."""
+    turn_tokens: int = 24
+    """With env: the most tokens of one model turn (a turn ends at a newline or EOS)."""
+    progress_lr: float = 1e-3
+    """SPA (advantage spa): learning rate of the progress estimator, a linear head on the policy's hidden states
+    fitted online so each episode's step contributions sum to its reward."""
+    episode_tokens: int | None = None
+    """With env: the response budget of an episode, model turns and observations together (default: the
+    environment's own, e.g. 128 for lookup); max_new_tokens is then unused."""
     temperature: float = 1.0
     """Sampling temperature; the trained log-probs are those of softmax(logits / temperature)."""
     top_p: float = 1.0
@@ -187,6 +200,15 @@ class TrainConfig:
     """Extra metric sinks besides metrics.jsonl: tensorboard (RUN_DIR/tensorboard), mlflow (RUN_DIR/mlruns),
     wandb (RUN_DIR/wandb, offline unless WANDB_MODE says otherwise)."""
 
+    @property
+    def response_budget(self) -> int:
+        """The most response tokens of a row: max_new_tokens, or an episode's budget with env."""
+        if self.env is None:
+            return self.max_new_tokens
+        from entrolab.envs import ENV_BUDGETS
+
+        return self.episode_tokens or ENV_BUDGETS[self.env]
+
     def __post_init__(self) -> None:
         if not _VALIDATE.get():
             return
@@ -255,6 +277,18 @@ class TrainConfig:
             raise ValueError(
                 f"on_reward_error must be one of {list(get_args(OnRewardError))}, got {self.on_reward_error!r}"
             )
+        from entrolab.envs import ENVS
+
+        if self.env is not None:
+            if self.env not in ENVS:
+                raise ValueError(f"unknown env {self.env!r}; built-in envs: {list(ENVS)}")
+            if self.reward_fn or self.reward_model:
+                raise ValueError("an env scores its own episodes: --reward-fn and --reward-model do not apply")
+        for name in ("max_turns", "episode_tokens"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1 or None, got {getattr(self, name)}")
+        if self.turn_tokens < 1:
+            raise ValueError(f"turn_tokens must be >= 1, got {self.turn_tokens}")
         from entrolab.tasks import TASKS
 
         if self.task not in TASKS and not self.task.startswith("rg:"):

@@ -12,7 +12,7 @@ from entrolab.tasks import Example, Task, make_task
 
 FILE_TASKS = ("jsonl", "math")
 # the flags every command that builds a task takes (TrainConfig, pretrain, eval), besides --task
-TASK_FLAGS = ("task_path", "prompt_field", "answer_field", "data_split", "test_fraction", "task_options")
+TASK_FLAGS = ("env", "task_path", "prompt_field", "answer_field", "data_split", "test_fraction", "task_options")
 
 
 def parse_task_options(items: Sequence[str]) -> dict[str, Any]:
@@ -38,10 +38,15 @@ def build_task(
     data_split: str | None = None,
     test_fraction: float | None = None,
     task_options: Sequence[str] = (),
+    env: str | None = None,
 ) -> Task:
     """The named task with its seeded train/test split: ``task_path`` and the column and split flags for the
     file tasks (jsonl, math), ``task_options`` (``key=value``) for any task's config fields."""
     options = parse_task_options(task_options)
+    if env is not None:  # a multi-turn environment (entrolab.envs); --task-option sets its config fields
+        from entrolab.envs import make_env_task
+
+        return make_env_task(env, seed=task_seed, **options)
     if task_path is not None:
         if task not in FILE_TASKS:
             raise ValueError(f"--task-path applies to the file tasks {list(FILE_TASKS)}, not to task {task!r}")

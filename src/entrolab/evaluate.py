@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from entrolab.envs import EnvTask
 from entrolab.kinds import Backend
 from entrolab.ops import majority_at_k, masked_mean, passk_from_counts
 from entrolab.rewards import RewardPool, score_completions
@@ -35,6 +36,8 @@ def evaluate(
     backend: Backend = "auto",
     verify_timeout: float = 60.0,
     verify_workers: int | None = None,
+    turn_tokens: int = 24,
+    max_turns: int | None = None,
 ) -> dict[str, float] | tuple[dict[str, float], dict[str, list]]:
     """Sample ``samples`` completions per prompt of ``split`` and report:
 
@@ -54,6 +57,12 @@ def evaluate(
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
+    if isinstance(task, EnvTask):  # multi-turn episodes (max_new_tokens: the episode's budget)
+        from entrolab.evaluate_env import evaluate_env
+
+        kw = dict(split=split, samples=samples, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+        kw.update(seed=seed, limit=limit, batch_size=batch_size, return_detail=return_detail, backend=backend)
+        return evaluate_env(model, tokenizer, task, turn_tokens=turn_tokens, max_turns=max_turns, **kw)
     examples: list[Example] = list(task.test if split == "test" else task.train)
     if limit is not None:
         examples = examples[:limit]

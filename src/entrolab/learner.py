@@ -148,7 +148,7 @@ def ppo_update(
     of methods whose selection is degenerate at this size, also logged as ``scale/<method>_degenerate``). A
     skipped step prints a warning naming the training step and the non-finite quantity.
     """
-    norm_len = float(cfg.norm_len or cfg.max_new_tokens)
+    norm_len = float(cfg.norm_len or cfg.response_budget)
     sums: dict[str, float] = {}
     grad_norms: list[float] = []
     skipped = 0
@@ -204,7 +204,7 @@ def probe_entropy_change(model, batch: TokenBatch, n: int, temperature: float, b
     rows = torch.linspace(0, b - 1, min(n, b)).round().long().unique()
     probe = batch.select(rows).trim()
     _, entropy, _ = forward(model, probe, temperature, backend=backend)
-    mask = probe.attention_mask
+    mask = probe.model_tokens
     before = float(masked_mean(probe.old_entropy, mask))
     after = float(masked_mean(entropy.float(), mask))
     return {"entropy/probe_before": before, "entropy/probe_after": after, "entropy/observed_delta": after - before}

@@ -188,11 +188,17 @@ PRESET_PARTS: dict[str, Preset] = {
         recipe=dict(options=("ppo_clip.eps_low=0.28", "ppo_clip.eps_high=0.28")),
     ),
     # EPO (arXiv:2509.22576): entropy bonus + smoothing corridor with phase-based weighting
+    # EPO with its multi-turn gate (epo_turns.from_turn; 0: every turn, single-turn EPO exactly)
     "epo": Preset(
         method=dict(
-            regularizers=("epo",),
+            regularizers=("epo_turns",),
             schedules=("epo_phase",),
-            options=("epo.coef=0.001", "epo.low_ratio=0.0", "epo.high_ratio=2.0"),
+            options=(
+                "epo_turns.coef=0.001",
+                "epo_turns.low_ratio=0.0",
+                "epo_turns.high_ratio=2.0",
+                "epo_phase.target='epo_turns'",
+            ),
         )
     ),
     # AEPO (arXiv:2510.14545): entropy-balanced clipping with stop-gradient + entropy-aware advantage weight
@@ -206,6 +212,15 @@ PRESET_PARTS: dict[str, Preset] = {
         )
     ),
     # SPEAR (arXiv:2509.22601): Dr.BoT update (on DAPO's clip) with covariance-based token clipping
+    # --- multi-turn agents (--env calc|lookup|grid) ------------------------------------------------------------
+    # EMPG (arXiv:2509.09265): step-level entropy-modulated advantage (the authors' pseudocode: k = k' = 1, zeta 0.1)
+    "empg": Preset(method=dict(advantage="empg")),
+    # AEM (arXiv:2605.00425, reconstructed): advantages rescaled by relative response surprisal
+    "aem": Preset(method=dict(advantage="aem")),
+    # GiGPO (arXiv:2505.10978): episode groups plus step groups of identical environment states
+    "gigpo": Preset(method=dict(advantage="gigpo")),
+    # SPA-RL (arXiv:2505.20732): a progress estimator's step contributions + grounding as dense step rewards
+    "spa": Preset(method=dict(advantage="spa")),
     "spear": Preset(
         method=dict(
             advantage="dr_grpo",

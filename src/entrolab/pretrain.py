@@ -85,14 +85,23 @@ class PretrainConfig:
 
 
 def _batch(tokenizer, task: Task, rng: random.Random, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """n (prompt + demonstration + EOS) sequences, right-padded; labels are -100 outside the completion."""
+    """n (prompt + demonstration + EOS) sequences, right-padded; labels are -100 outside the completion (and on a
+    multi-turn demonstration's observations)."""
     seqs, labels = [], []
     for _ in range(n):
         ex = task.train[rng.randrange(len(task.train))]
         p = tokenizer(task.prompt(ex))["input_ids"]
-        c = tokenizer(task.demonstration(ex, rng), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        seqs.append(p + c)
-        labels.append([-100] * len(p) + c)
+        seq, lab = list(p), [-100] * len(p)
+        # a multi-turn env's demonstration: model turns are trained on, the environment's observations are not
+        segments = (
+            task.demo_segments(ex, rng) if hasattr(task, "demo_segments") else [(task.demonstration(ex, rng), True)]
+        )
+        for text, trained in segments:
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            seq += ids
+            lab += ids if trained else [-100] * len(ids)
+        seqs.append([*seq, tokenizer.eos_token_id])
+        labels.append([*lab, tokenizer.eos_token_id])
     width = max(len(s) for s in seqs)
     ids = torch.full((n, width), tokenizer.pad_token_id)
     lab = torch.full((n, width), -100)

@@ -15,7 +15,7 @@ the tests check that the two agree to 1e-5.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import get_args
 
@@ -214,6 +214,7 @@ def _sample_chunk(
     pad_id: int,
     generator: torch.Generator | None,
     extras: Mapping[str, Callable[[torch.Tensor], torch.Tensor]],
+    stop_ids: Sequence[int] = (),
 ) -> Rollout:
     b = prompt_ids.shape[0]
     logits = engine.start(prompt_ids, prompt_mask, max_new_tokens).float()  # [n, V], n = rows still generating
@@ -222,6 +223,7 @@ def _sample_chunk(
     ids, logps, ents = [], [], []
     more: dict[str, list[torch.Tensor]] = {k: [] for k in extras}
     done = torch.zeros(b, dtype=torch.bool, device=dev)
+    stops = torch.tensor(sorted({eos_id, *stop_ids}), device=dev)  # tokens that end a row (kept in it)
     for _ in range(max_new_tokens):
         z = logits / temperature
         logprobs = torch.log_softmax(z, -1)  # [n, V]
@@ -232,7 +234,7 @@ def _sample_chunk(
         ents.append(torch.zeros(b, device=dev).index_copy(0, rows, -(probs * logprobs).sum(-1)))
         for k, fn in extras.items():
             more[k].append(torch.zeros(b, device=dev).index_copy(0, rows, fn(z).float()))
-        finished = nxt == eos_id  # [n]
+        finished = torch.isin(nxt, stops)  # [n]
         done[rows[finished]] = True
         if bool(done.all()) or len(ids) == max_new_tokens:  # no forward for a token that will not be sampled
             break
@@ -242,8 +244,8 @@ def _sample_chunk(
             rows, nxt = rows[keep], nxt[keep]
         logits = engine.step(nxt).float()
     response_ids = torch.stack(ids, 1)  # [b, T]
-    # a row generates up to and including its EOS: everything after it is padding
-    is_eos = (response_ids == eos_id).long()
+    # a row generates up to and including its EOS (or stop token): everything after it is padding
+    is_eos = torch.isin(response_ids, stops).long()
     live = (is_eos.cumsum(1) - is_eos) == 0  # [b, T] no EOS before this step
     return Rollout(
         prompt_ids=prompt_ids,
@@ -299,6 +301,41 @@ def generate(
     ids, mask = encode_prompts(tokenizer, prompts)
     ids = ids.repeat_interleave(group_size, 0).to(device)  # [B, Tp]
     mask = mask.repeat_interleave(group_size, 0).to(device)  # [B, Tp]
+    return generate_ids(
+        model,
+        ids,
+        mask,
+        eos_id=tokenizer.eos_token_id,
+        pad_id=tokenizer.pad_token_id,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        generator=generator,
+        batch_size=batch_size,
+        extras=extras,
+        backend=backend,
+    )
+
+
+def generate_ids(
+    model,
+    ids: torch.Tensor,  # [B, Tp] left-padded
+    mask: torch.Tensor,  # [B, Tp]
+    *,
+    eos_id: int,
+    pad_id: int,
+    max_new_tokens: int = 32,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+    batch_size: int = 256,
+    extras: Mapping[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
+    backend: Backend = "auto",
+    stop_ids: Sequence[int] = (),
+) -> Rollout:
+    """``generate`` from token ids: one completion per row of the left-padded ``ids`` [B, Tp]. A row also ends
+    at any of ``stop_ids`` (kept as its last token, like EOS; the row is not ``truncated``): a multi-turn
+    rollout ends a model turn there."""
     engine = _engine(model, backend)
     was_training = model.training
     model.eval()
@@ -316,15 +353,16 @@ def generate(
                     max_new_tokens=max_new_tokens,
                     temperature=temperature,
                     top_p=top_p,
-                    eos_id=tokenizer.eos_token_id,
-                    pad_id=tokenizer.pad_token_id,
+                    eos_id=eos_id,
+                    pad_id=pad_id,
                     generator=generator,
                     extras=extras or {},
+                    stop_ids=stop_ids,
                 )
             )
     finally:
         model.train(was_training)
-    return parts[0] if len(parts) == 1 else Rollout.cat(parts, tokenizer.pad_token_id)
+    return parts[0] if len(parts) == 1 else Rollout.cat(parts, pad_id)
 
 
 def lm_head_parts(model):

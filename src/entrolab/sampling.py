@@ -117,7 +117,7 @@ def advantage_of(
 def scored_batch(rollout: Rollout, scores: Scores, group_size: int) -> TokenBatch:
     """The batch of a rollout with errored samples out of the loss."""
     batch = TokenBatch.from_rollout(rollout, group_size)
-    return batch.replace(loss_mask=batch.attention_mask * (~scores.errored).float().unsqueeze(-1))
+    return batch.replace(loss_mask=batch.loss_mask * (~scores.errored).float().unsqueeze(-1))
 
 
 def _keep(

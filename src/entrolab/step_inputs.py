@@ -193,7 +193,7 @@ def round_inputs(
         )
     if "hidden_states" in needs:
         out["hidden_states"] = response_hidden(model, rollout)
-    if "step_ids" in needs:
+    if "step_ids" in needs and "step_ids" not in rollout.extras:  # a multi-turn rollout records its turns
         newline = [i for i in tokenizer("\n", add_special_tokens=False)["input_ids"]][-1:]
         out["step_ids"] = step_ids(rollout.response_ids, rollout.response_mask, newline)
     for name, other in (("ref_logp", ref_model), ("prm_logp", prm_model)):

@@ -21,7 +21,7 @@ def seed_everything(seed: int) -> None:
 
 def step_metrics(batch: TokenBatch, scores, rewards, grad_norms: list[float], lr: float) -> dict[str, float]:
     """The trainer's own per-step metrics (rewards, rollout entropy, lengths, gradient norm, learning rate)."""
-    attn = batch.attention_mask
+    attn = batch.model_tokens  # an episode's observations are not the policy's
     return {
         "reward/mean": float(scores.reward.mean()),
         "reward/std": float(scores.reward.std()),

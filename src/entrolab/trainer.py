@@ -23,6 +23,7 @@ Where it departs from the papers (and from verl / TRL):
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -30,6 +31,7 @@ from typing import Any
 
 import torch
 
+from entrolab.agent_rollout import ENV_NEEDS, episodes
 from entrolab.chat import with_chat_template
 from entrolab.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from entrolab.config import TrainConfig
@@ -41,6 +43,7 @@ from entrolab.learner import ROLLOUT_EXTRAS, lr_factor, ppo_update, probe_entrop
 from entrolab.models import load_policy, save_policy
 from entrolab.prm_update import prm_step
 from entrolab.progress import Progress
+from entrolab.progress_estimator import ProgressEstimator
 from entrolab.reference_rewards import ReferenceRewards
 from entrolab.rewards import RewardPool, load_reward_fn
 from entrolab.rm_reward import RewardModelReward, gold_metrics
@@ -49,7 +52,7 @@ from entrolab.runfolder import claim_run_folder
 from entrolab.sampling import advantage_of, answer_marker, sampled_batch, scored_batch, shape_rewards
 from entrolab.signals import StopFlag
 from entrolab.sinks import make_sinks
-from entrolab.step_inputs import info_inputs, pre_update_needs, round_inputs
+from entrolab.step_inputs import MODEL_NEEDS, info_inputs, pre_update_needs, round_inputs
 from entrolab.stepstats import seed_everything, step_metrics
 from entrolab.tasks import ANSWER_TAG
 from entrolab.update import Methods, inactive_warnings
@@ -61,6 +64,16 @@ TRAINER_METRICS = (
     *("len/truncated_frac", "grad_norm", "lr", "loss/total", "update/skipped_nonfinite"),
     *("cov/logp_adv", "entropy/predicted_delta", "entropy/observed_delta"),
 )
+
+
+def _steps(rollout, got) -> torch.Tensor:
+    """The step of each response token: a multi-turn rollout's turns, else the newline steps.  [B, T]"""
+    return rollout.extras["step_ids"] if "step_ids" in rollout.extras else got["step_ids"]
+
+
+def _model(rollout) -> torch.Tensor | float:
+    """1 on the policy's tokens (a multi-turn episode's observations 0).  [B, T] or 1.0"""
+    return rollout.extras.get("model_mask", 1.0)
 
 
 class NonFiniteError(RuntimeError):
@@ -76,14 +89,19 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, log=p
     run = Path(cfg.out)
     torch.set_num_threads(cfg.threads)
     model, tokenizer = load_policy(cfg.model)  # a bad path fails here, before any work
-    task = with_chat_template(task_of(cfg, cfg.task_seed), tokenizer, cfg.chat_template, cfg.system_prompt)
+    task = task_of(cfg, cfg.task_seed)
+    if cfg.env is None:  # a multi-turn env's episodes are plain text turns
+        task = with_chat_template(task, tokenizer, cfg.chat_template, cfg.system_prompt)
     methods = Methods(cfg)
     methods.check_schedules(TRAINER_METRICS, ("eval/", "schedule/"))
-    reward_fn = load_reward_fn(cfg.reward_fn) if cfg.reward_fn else task.verify
+    reward_fn = load_reward_fn(cfg.reward_fn) if cfg.reward_fn else None if cfg.env else task.verify
     if cfg.reward_model:  # the proxy as the reward, the verifier as gold
         reward_fn = RewardModelReward(cfg.reward_model, task.verify, cfg.reward_mix)
     ref_model = None
     pre_needs = pre_update_needs(methods)
+    env_only = sorted((pre_needs | set(methods.needs)) & set(ENV_NEEDS))
+    if env_only and cfg.env is None:
+        raise ValueError(f"a chosen method needs {env_only}, which only a multi-turn environment supplies: add --env")
     if "prm_logp" in pre_needs and not cfg.prm_model:
         raise ValueError("a chosen method needs prm_logp: give the implicit process reward model with --prm-model DIR")
     if "ref_logp" in methods.needs or cfg.base_kl or {"ref_rewards", "ref_logp"} & pre_needs:
@@ -94,19 +112,22 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, log=p
         prm_model, _ = load_policy(cfg.prm_model)
         prm_model.eval().requires_grad_(cfg.prm_lr > 0)
     mode = "resume" if resume else "overwrite" if overwrite else "new"
-    with (
-        claim_run_folder(run, mode),
-        RewardPool(
-            reward_fn, workers=cfg.reward_workers, timeout=cfg.reward_timeout, on_error=cfg.on_reward_error
-        ) as pool,
-    ):
-        return _loop(cfg, run, resume, model, tokenizer, (ref_model, prm_model), task, methods, pool, log)
+    pool = (
+        RewardPool(reward_fn, workers=cfg.reward_workers, timeout=cfg.reward_timeout, on_error=cfg.on_reward_error)
+        if reward_fn is not None
+        else contextlib.nullcontext()  # an env scores its own episodes
+    )
+    with claim_run_folder(run, mode), pool as pool:
+        estimator = ProgressEstimator(model.config.hidden_size) if "progress" in pre_needs else None  # SPA
+        return _loop(cfg, run, resume, model, tokenizer, (ref_model, prm_model, estimator), task, methods, pool, log)
 
 
 def _loop(cfg, run, resume, model, tokenizer, others, task, methods, pool, log) -> dict[str, Any]:
-    ref_model, prm_model = others  # the frozen base (reference) and implicit PRM, when a method needs them
+    # the frozen base (reference), the implicit PRM and SPA's progress estimator, when a method needs them
+    ref_model, prm_model, estimator = others
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
     prm_opt = torch.optim.AdamW(prm_model.parameters(), lr=cfg.prm_lr) if prm_model is not None and cfg.prm_lr else None
+    est_opt = torch.optim.Adam(estimator.parameters(), lr=cfg.progress_lr) if estimator is not None else None
     total_opt_steps = cfg.steps * cfg.ppo_epochs * cfg.minibatches
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_factor(s, total_opt_steps, cfg.warmup_steps, cfg.lr_schedule)
@@ -116,10 +137,12 @@ def _loop(cfg, run, resume, model, tokenizer, others, task, methods, pool, log) 
     eval_kw = dict(
         backend=cfg.backend,
         samples=cfg.eval_samples,
-        max_new_tokens=cfg.max_new_tokens,
+        max_new_tokens=cfg.response_budget,
         temperature=cfg.temperature,
         top_p=cfg.top_p,
         limit=cfg.eval_prompts,
+        turn_tokens=cfg.turn_tokens,
+        max_turns=cfg.max_turns,
     )
     metrics_path = run / "metrics.jsonl"
     sinks = make_sinks(cfg.log_to, run, cfg.to_json())
@@ -133,6 +156,9 @@ def _loop(cfg, run, resume, model, tokenizer, others, task, methods, pool, log) 
         if prm_opt is not None:  # PRIME's online PRM continues where it was
             prm_model.load_state_dict(ckpt["prm"])
             prm_opt.load_state_dict(ckpt["prm_optimizer"])
+        if est_opt is not None:  # SPA's progress estimator continues where it was
+            estimator.load_state_dict(ckpt["progress"])
+            est_opt.load_state_dict(ckpt["progress_optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
         set_rng_state(ckpt["rng"], gen)
         legacy = ("step", "position", "base_eval", "elapsed", "schedule_state", "observed")  # a checkpoint.pt
@@ -155,6 +181,8 @@ def _loop(cfg, run, resume, model, tokenizer, others, task, methods, pool, log) 
         state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict()}
         if prm_opt is not None:
             state.update(prm=prm_model.state_dict(), prm_optimizer=prm_opt.state_dict())
+        if est_opt is not None:
+            state.update(progress=estimator.state_dict(), progress_optimizer=est_opt.state_dict())
         save_checkpoint(run, {**state, "rng": rng_state(gen), "loop": loop, "config": cfg.to_json()}, step=step)
 
     final: tuple[dict[str, float], dict[str, Any]] | None = None
@@ -186,31 +214,53 @@ def _loop(cfg, run, resume, model, tokenizer, others, task, methods, pool, log) 
             m: dict[str, float] = {f"schedule/{k}": float(v) for k, v in values.items()}
             # --- data, rollout and rewards (more rounds when a sampler drops groups) -----------------------
             spent = {"rollout": 0.0, "reward": 0.0}
-            model_needs = pre_update_needs(step_methods)
+            # model-side inputs of the methods before the update, and of the trained ones (EPO's turn gate)
+            model_needs = pre_update_needs(step_methods) | (set(MODEL_NEEDS) & set(step_methods.needs))
+            if estimator is not None:  # SPA reads its estimator on the hidden states at each step's end
+                model_needs |= {"hidden_states", "step_ids"}
             answers: dict[str, int] = {}  # answer_ids of the step, shared across the samplers' rounds
+            env_metrics: dict[str, float] = {}
 
-            def draw(step_methods=step_methods, spent=spent, model_needs=model_needs, answers=answers, refs=refs):
+            def draw(
+                step_methods=step_methods,
+                spent=spent,
+                model_needs=model_needs,
+                answers=answers,
+                refs=refs,
+                env_metrics=env_metrics,
+            ):
                 t_draw = time.perf_counter()
                 examples = prompts_at(task, cfg.seed, s["position"], cfg.prompts_per_step)
                 s["position"] += cfg.prompts_per_step
-                rollout = generate(
-                    model,
-                    tokenizer,
-                    [task.prompt(e) for e in examples],
-                    group_size=cfg.group_size,
-                    max_new_tokens=cfg.max_new_tokens,
-                    temperature=cfg.temperature,
-                    top_p=cfg.top_p,
-                    generator=gen,
-                    extras={k: ROLLOUT_EXTRAS[k] for k in step_methods.needs if k in ROLLOUT_EXTRAS},
-                    backend=cfg.backend,
-                )
-                t_score = time.perf_counter()
-                texts = decode_completions(tokenizer, rollout)
                 rows = [e for e in examples for _ in range(cfg.group_size)]
-                scored = pool.score(texts, rows)
-                spent["rollout"] += t_score - t_draw
-                spent["reward"] += time.perf_counter() - t_score
+                extras = {k: ROLLOUT_EXTRAS[k] for k in step_methods.needs if k in ROLLOUT_EXTRAS}
+                counts: dict[str, torch.Tensor] = {}
+                if cfg.env is not None:  # multi-turn episodes, scored by the environment turn by turn
+                    env_seed = cfg.seed * 100_003 + s["position"]
+                    ar = episodes(cfg, model, tokenizer, task, examples, gen, extras, seed=env_seed)
+                    rollout, scored = ar.rollout, ar.scores
+                    env_metrics.update(ar.metrics)
+                    counts = {"turns": ar.turns, "tool_calls": ar.tool_calls}
+                    texts = decode_completions(tokenizer, rollout)
+                    spent["rollout"] += time.perf_counter() - t_draw
+                else:
+                    rollout = generate(
+                        model,
+                        tokenizer,
+                        [task.prompt(e) for e in examples],
+                        group_size=cfg.group_size,
+                        max_new_tokens=cfg.max_new_tokens,
+                        temperature=cfg.temperature,
+                        top_p=cfg.top_p,
+                        generator=gen,
+                        extras=extras,
+                        backend=cfg.backend,
+                    )
+                    t_score = time.perf_counter()
+                    texts = decode_completions(tokenizer, rollout)
+                    scored = pool.score(texts, rows)
+                    spent["rollout"] += t_score - t_draw
+                    spent["reward"] += time.perf_counter() - t_score
                 got = round_inputs(
                     model_needs,
                     model=model,
@@ -228,6 +278,12 @@ def _loop(cfg, run, resume, model, tokenizer, others, task, methods, pool, log) 
                     prm_model=prm_model,
                     micro_batch_size=cfg.micro_batch_size,
                 )
+                got.update(counts)
+                if estimator is not None:
+                    with torch.no_grad():
+                        got["progress"] = estimator.contributions(
+                            got["hidden_states"], _steps(rollout, got), rollout.response_mask * _model(rollout)
+                        )
                 got.update(info_inputs(model_needs, scored.info))  # rm_heads, reward_parts
                 if refs is not None:  # PAR: the base policy's responses to the same prompts
                     got["ref_rewards"] = refs(rows)
@@ -239,11 +295,12 @@ def _loop(cfg, run, resume, model, tokenizer, others, task, methods, pool, log) 
                 step_methods,
                 group_size=cfg.group_size,
                 n_groups=cfg.prompts_per_step,
-                max_length=cfg.max_new_tokens,
+                max_length=cfg.response_budget,
                 pad_id=tokenizer.pad_token_id,
                 inputs=run_inputs,
             )
             m.update(sampler_metrics)
+            m.update(env_metrics)  # turns, tool calls, parse errors and success of the last round
             t1 = time.perf_counter()
             # --- rewards and advantages ----------------------------------------------------------------
             if bool(scores.errored.any()):  # --on-reward-error skip: dropped, counted, and said
@@ -255,12 +312,16 @@ def _loop(cfg, run, resume, model, tokenizer, others, task, methods, pool, log) 
                 )
             batch = scored_batch(rollout, scores, cfg.group_size)
             inputs = {**run_inputs, **got}
-            _, rewards, sm = shape_rewards(step_methods, batch, scores, cfg.max_new_tokens, inputs)  # [B]
+            raw, rewards, sm = shape_rewards(step_methods, batch, scores, cfg.response_budget, inputs)  # [B]
             m.update(sm)
             advantages, am, provided = advantage_of(step_methods, batch, rewards, inputs)
             batch = batch.replace(advantages=advantages, loss_mask=batch.loss_mask * row_keep.float().unsqueeze(-1))
             batch.extras.update(provided)
+            batch.extras.update({k: got[k] for k in step_methods.needs if k in got and k not in batch.extras})
             m.update({k: float(v) for k, v in am.items()})
+            if est_opt is not None:  # SPA: the estimator learns to split this batch's rewards over its steps
+                steps = batch.extras.get("step_ids", got.get("step_ids"))
+                m.update(estimator.fit_step(got["hidden_states"], steps, batch.loss_mask, raw, est_opt))
             if prm_opt is not None:  # PRIME: the PRM learns from the rollouts it just scored
                 m.update(
                     prm_step(
@@ -281,7 +342,7 @@ def _loop(cfg, run, resume, model, tokenizer, others, task, methods, pool, log) 
                 if "ref_logp" in step_methods.needs:
                     batch.extras["ref_logp"] = ref
                 if cfg.base_kl:  # E_pi[log pi(y) - log pi_base(y)] over the step's (on-policy) sequences
-                    m["kl/seq_to_base"] = float(((batch.old_logp - ref) * batch.attention_mask).sum(-1).mean())
+                    m["kl/seq_to_base"] = float(((batch.old_logp - ref) * batch.model_tokens).sum(-1).mean())
             # the entropy change the Entropy Mechanism paper predicts from Cov(log pi, A)
             m.update(entropy_change_prediction(batch.old_logp, advantages, batch.loss_mask, lr=sched.get_last_lr()[0]))
             t2 = time.perf_counter()

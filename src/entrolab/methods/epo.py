@@ -149,6 +149,8 @@ class EPOPhaseConfig:
     """H_ref over the last ``window`` steps; None: over all past steps (code default, no sliding window)."""
     observe: str = "entropy/token_mean"
     """The logged per-step entropy whose history defines H_ref."""
+    target: Literal["epo", "epo_turns"] = "epo"
+    """The regulariser whose state it sets: ``epo``, or ``epo_turns`` (EPO with the multi-turn gate)."""
 
     def __post_init__(self) -> None:
         if self.horizon is not None and self.horizon < 1:
@@ -159,6 +161,8 @@ class EPOPhaseConfig:
             raise ValueError(f"epo_phase start_step must be >= 0, got {self.start_step}")
         if self.window is not None and self.window < 1:
             raise ValueError(f"epo_phase window must be >= 1 or None, got {self.window}")
+        if self.target not in ("epo", "epo_turns"):
+            raise ValueError(f"epo_phase target must be one of ['epo', 'epo_turns'], got {self.target!r}")
 
 
 def epo_phase_weight(k: int, horizon: int, slow_rate: float = 2.0, fast_rate: float = 3.0) -> float:
@@ -174,7 +178,7 @@ def epo_phase_weight(k: int, horizon: int, slow_rate: float = 2.0, fast_rate: fl
     "epo_phase",
     config=EPOPhaseConfig,
     paper="arXiv:2509.22576",
-    sets=lambda cfg: ("epo.smooth_weight", "epo.ref_entropy"),
+    sets=lambda cfg: (f"{cfg.target}.smooth_weight", f"{cfg.target}.ref_entropy"),
     reads=lambda cfg: (cfg.observe,),
 )
 def epo_phase(
@@ -204,7 +208,7 @@ def epo_phase(
 
     Returns:
         ``(state, values)``; values has ``epo.smooth_weight`` (beta(k), 0 before ``start_step``) and, once
-        one step has been observed, ``epo.ref_entropy`` (H_ref).
+        one step has been observed, ``epo.ref_entropy`` (H_ref); ``epo_turns.*`` with ``target="epo_turns"``.
 
     Differences from the paper / released code:
         K is the run's total steps by default, as the paper's beta(k) over the K training epochs (the authors'
@@ -238,9 +242,9 @@ def epo_phase(
         raise ValueError(f"epo_phase reads {cfg.observe!r}, absent from the logged metrics {sorted(observed)}")
     k = step - 1
     weight = epo_phase_weight(k, cfg.horizon or total_steps, cfg.slow_rate, cfg.fast_rate)
-    values = {"epo.smooth_weight": weight if k >= cfg.start_step else 0.0}
+    values = {f"{cfg.target}.smooth_weight": weight if k >= cfg.start_step else 0.0}
     n = int(state.get("n", 0))
     if n:
         ring = [state[f"h{i}"] for i in range(min(n, cfg.window))] if cfg.window else None
-        values["epo.ref_entropy"] = state["sum"] / n if ring is None else sum(ring) / len(ring)
+        values[f"{cfg.target}.ref_entropy"] = state["sum"] / n if ring is None else sum(ring) / len(ring)
     return state, values

@@ -74,7 +74,7 @@ def test_eval_json_prints_one_object_with_the_documented_keys(tiny_dir):
         (["train", "--model", "x", "--group-size", "1"], "group_size must be >= 2, got 1"),
         (["train", "--model", "x", "--task", "chess"], "unknown task 'chess'; known: arithmetic, countdown, jsonl, "),
         (["train", "--model", "x", "--aggregation", "avg"], "unknown aggregation 'avg'; known:"),
-        (["train", "--model", "x", "--advantage", "gae"], "unknown advantage 'gae'; known: aem, aepo_adv, canon, copo, "),
+        (["train", "--model", "x", "--advantage", "gae"], "unknown advantage 'gae'; known: aem, aepo_adv, "),
         (["eval", "--model", "nowhere", "--task", "arithmetic"], "model path 'nowhere' does not exist"),
         (["train", "--resume", "nowhere"], "no config.json there"),
         (["train", "--model", "x", "--preset", "ppo"], "unknown preset 'ppo'"),

@@ -265,7 +265,8 @@ def test_docstring_examples_run(module: str) -> None:
 
 
 def test_unknown_name_lists_known_ones() -> None:
-    with pytest.raises(ValueError, match=r"known: aem, aepo_adv, canon, copo, dr_grpo, empg, erank, gdpo, gigpo, grpo, ") as err:
+    known = r"known: aem, aepo_adv, canon, copo, dr_grpo, empg, erank, gdpo, gigpo, grpo, "
+    with pytest.raises(ValueError, match=known) as err:
         catalogue.get("advantage", "gpro")
     assert "package.module:function" in str(err.value)
     with pytest.raises(ValueError, match="allowed"):

@@ -1,4 +1,4 @@
-"""EPO's multi-turn gate: ``epo`` exactly with from_turn 0, the bonus alone on early turns, and the schedule's target."""
+"""EPO's multi-turn gate: ``epo`` exactly with from_turn 0, the bonus alone on early turns, the schedule's target."""
 
 from __future__ import annotations
 

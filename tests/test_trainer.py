@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from entrolab import catalogue
+from entrolab.agent_rollout import ENV_NEEDS
 from entrolab.batch import TokenBatch
 from entrolab.checkpoint import has_checkpoint
 from entrolab.config import PRESETS, TrainConfig, base_config
@@ -207,7 +208,9 @@ def test_every_preset_trains_end_to_end(tiny_dir, rm_dir, tmp_path, preset):
         micro_batch_size=4,
         reward_fn="tests.fault_fns:digits",
     )
-    needs = pre_update_needs(Methods(cfg))
+    needs = pre_update_needs(Methods(cfg)) | set(Methods(cfg).needs)
+    if needs & set(ENV_NEEDS) or cfg.self_imitation:  # an agent method: episodes of a multi-turn environment
+        cfg = replace(cfg, env="lookup", reward_fn=None, turn_tokens=6, episode_tokens=40)
     if "prm_logp" in needs:  # PRIME's implicit PRM: any causal LM folder serves
         cfg = replace(cfg, prm_model=str(tiny_dir))
     if {"rm_heads", "reward_parts"} & needs:  # a reward model's heads / its proxy and gold parts

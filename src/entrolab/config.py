@@ -118,6 +118,12 @@ class TrainConfig:
     """With env: model turns per episode (default: the environment's own)."""
     turn_tokens: int = 24
     """With env: the most tokens of one model turn (a turn ends at a newline or EOS)."""
+    self_imitation: bool = False
+    """SPEAR's self-imitation: replay past episodes with A > 0 and a tool call, advantages recalibrated against
+    the median of past group-mean rewards, as an extra loss weighted by a cosine-rising gamma(k)."""
+    self_imitation_options: tuple[str, ...] = ()
+    """Its options as 'field=value' (entrolab.methods.spear_sil.SpearReplayConfig: capacity, replay_coef,
+    max_replay_loss_steps, tolerate_steps, weight_decay_trajectory_replay, replay_mode, ...)."""
     progress_lr: float = 1e-3
     """SPA (advantage spa): learning rate of the progress estimator, a linear head on the policy's hidden states
     fitted online so each episode's step contributions sum to its reward."""

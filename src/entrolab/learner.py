@@ -84,8 +84,10 @@ def minibatch_backward(
     temperature: float,
     backend: Backend = "auto",
     generator: torch.Generator | None = None,
+    loss_scale: float = 1.0,
 ) -> tuple[dict[str, float], bool]:
     """Forward/backward every micro-batch of one minibatch (gradients accumulate); does not step.
+    ``loss_scale`` multiplies what is back-propagated (SPEAR's gamma(k) on its replay loss), not the metrics.
 
     -> (token-weighted metrics, whether every micro-batch's loss was finite). ``loss/total`` is the
     minibatch's loss (the sum of the micro-batches' normalised losses).
@@ -106,7 +108,7 @@ def minibatch_backward(
             generator=generator,
         )
         finite = finite and bool(torch.isfinite(loss))
-        loss.backward()
+        (loss * loss_scale if loss_scale != 1.0 else loss).backward()
         n = float(micro.loss_mask.sum())
         metrics = dict(metrics)
         metrics["loss/total"] = loss * (counts.num_tokens / max(n, 1.0))  # so the token-weighted mean is the sum
@@ -138,7 +140,18 @@ def guarded_step(model, opt: torch.optim.Optimizer, sched: Any, loss_finite: boo
 
 
 def ppo_update(
-    model, opt, sched, methods: Methods, batch: TokenBatch, cfg, gen: torch.Generator, streak: int, step: int
+    model,
+    opt,
+    sched,
+    methods: Methods,
+    batch: TokenBatch,
+    cfg,
+    gen: torch.Generator,
+    streak: int,
+    step: int,
+    *,
+    minibatches: int | None = None,
+    loss_scale: float = 1.0,
 ) -> tuple[dict[str, float], list[float], int, dict[str, str]]:
     """``cfg.ppo_epochs`` passes over the batch in ``cfg.minibatches`` shuffled minibatches: filters, then
     forward/backward per micro-batch through the composer, then a guarded optimizer step per minibatch.
@@ -146,18 +159,20 @@ def ppo_update(
     -> (metrics averaged over the optimizer steps, with ``update/skipped_nonfinite`` = steps skipped; the
     gradient norm of each optimizer step; the updated count of consecutive skipped steps; the scale warnings
     of methods whose selection is degenerate at this size, also logged as ``scale/<method>_degenerate``). A
-    skipped step prints a warning naming the training step and the non-finite quantity.
+    skipped step prints a warning naming the training step and the non-finite quantity. ``minibatches``
+    overrides ``cfg.minibatches`` (a replay batch's own count) and ``loss_scale`` weights the loss.
     """
+    n_mini = minibatches or cfg.minibatches
     norm_len = float(cfg.norm_len or cfg.response_budget)
     sums: dict[str, float] = {}
     grad_norms: list[float] = []
     skipped = 0
     warnings: dict[str, str] = {}
     b = len(batch)
-    size = b // cfg.minibatches
+    size = b // n_mini
     for _epoch in range(cfg.ppo_epochs):
-        order = torch.randperm(b, generator=gen) if cfg.minibatches > 1 else torch.arange(b)
-        for k in range(cfg.minibatches):
+        order = torch.randperm(b, generator=gen) if n_mini > 1 else torch.arange(b)
+        for k in range(n_mini):
             part = batch.select(order[k * size : (k + 1) * size])
             part, fm = apply_filters(methods, part, cfg.micro_batch_size, gen)
             accumulate(sums, fm, 1.0)
@@ -171,6 +186,7 @@ def ppo_update(
                 temperature=cfg.temperature,
                 backend=cfg.backend,
                 generator=gen,
+                loss_scale=loss_scale,
             )
             accumulate(sums, mm, 1.0)
             result = guarded_step(model, opt, sched, finite, cfg.max_grad_norm)
@@ -183,7 +199,7 @@ def ppo_update(
                     "(weights and optimizer state untouched)",
                     file=sys.stderr,
                 )
-    metrics = {k: v / (cfg.ppo_epochs * cfg.minibatches) for k, v in sums.items()}
+    metrics = {k: v / (cfg.ppo_epochs * n_mini) for k, v in sums.items()}
     metrics["update/skipped_nonfinite"] = float(skipped)
     metrics.update({f"scale/{name}_degenerate": 1.0 for name in warnings})
     return metrics, grad_norms, streak, warnings

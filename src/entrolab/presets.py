@@ -33,7 +33,7 @@ AXIS_FIELDS = {
     "sampler": "samplers",
 }
 # The TrainConfig fields that choose methods; every other field of a preset is recipe.
-METHOD_FIELDS = (*AXIS_FIELDS.values(), "options")
+METHOD_FIELDS = (*AXIS_FIELDS.values(), "options", "self_imitation", "self_imitation_options")
 # What a preset leaves unset is the baseline's: these values, so presets never inherit each other's choices.
 BASELINE = dict(
     advantage="grpo",
@@ -45,6 +45,8 @@ BASELINE = dict(
     schedules=(),
     samplers=(),
     options=(),
+    self_imitation=False,
+    self_imitation_options=(),
 )
 
 
@@ -221,11 +223,17 @@ PRESET_PARTS: dict[str, Preset] = {
     "gigpo": Preset(method=dict(advantage="gigpo")),
     # SPA-RL (arXiv:2505.20732): a progress estimator's step contributions + grounding as dense step rewards
     "spa": Preset(method=dict(advantage="spa")),
+    # SPEAR (arXiv:2509.22601), the full recipe (needs --env): Dr.BoT + the tool-call reward curriculum +
+    # self-imitation of replayed episodes + Clip-Cov. The buffer is scaled to the batch: the scripts' 2048 rows
+    # are two of their batches; entrolab's default batch is 128 rows, so 256.
     "spear": Preset(
         method=dict(
             advantage="dr_grpo",
             aggregation="seq-mean-token-sum-norm",
             token_filters=("overlong_filter", "spear_cov_clip"),
+            reward_shapers=("spear_tool_reward",),
+            self_imitation=True,
+            self_imitation_options=("capacity=256",),
         ),
         recipe=DAPO_RECIPE,
     ),

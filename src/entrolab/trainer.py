@@ -50,6 +50,8 @@ from entrolab.rm_reward import RewardModelReward, gold_metrics
 from entrolab.rollout import generate
 from entrolab.runfolder import claim_run_folder
 from entrolab.sampling import advantage_of, answer_marker, sampled_batch, scored_batch, shape_rewards
+from entrolab.self_imitation import SelfImitation
+from entrolab.self_imitation import parse_options as parse_sil_options
 from entrolab.signals import StopFlag
 from entrolab.sinks import make_sinks
 from entrolab.step_inputs import MODEL_NEEDS, info_inputs, pre_update_needs, round_inputs
@@ -64,6 +66,13 @@ TRAINER_METRICS = (
     *("len/truncated_frac", "grad_norm", "lr", "loss/total", "update/skipped_nonfinite"),
     *("cov/logp_adv", "entropy/predicted_delta", "entropy/observed_delta"),
 )
+
+
+class _NoSchedule:
+    """A learning-rate schedule that stays put: replay steps sit inside one training step."""
+
+    def step(self) -> None:
+        pass
 
 
 def _steps(rollout, got) -> torch.Tensor:
@@ -111,6 +120,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, log=p
     if "prm_logp" in pre_needs:  # the implicit PRM: frozen, or updated online (PRIME) with --prm-lr
         prm_model, _ = load_policy(cfg.prm_model)
         prm_model.eval().requires_grad_(cfg.prm_lr > 0)
+    sil = SelfImitation(parse_sil_options(cfg.self_imitation_options)) if cfg.self_imitation else None  # SPEAR
     mode = "resume" if resume else "overwrite" if overwrite else "new"
     pool = (
         RewardPool(reward_fn, workers=cfg.reward_workers, timeout=cfg.reward_timeout, on_error=cfg.on_reward_error)
@@ -119,12 +129,13 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, log=p
     )
     with claim_run_folder(run, mode), pool as pool:
         estimator = ProgressEstimator(model.config.hidden_size) if "progress" in pre_needs else None  # SPA
-        return _loop(cfg, run, resume, model, tokenizer, (ref_model, prm_model, estimator), task, methods, pool, log)
+        others = (ref_model, prm_model, estimator, sil)
+        return _loop(cfg, run, resume, model, tokenizer, others, task, methods, pool, log)
 
 
 def _loop(cfg, run, resume, model, tokenizer, others, task, methods, pool, log) -> dict[str, Any]:
     # the frozen base (reference), the implicit PRM and SPA's progress estimator, when a method needs them
-    ref_model, prm_model, estimator = others
+    ref_model, prm_model, estimator, sil = others
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
     prm_opt = torch.optim.AdamW(prm_model.parameters(), lr=cfg.prm_lr) if prm_model is not None and cfg.prm_lr else None
     est_opt = torch.optim.Adam(estimator.parameters(), lr=cfg.progress_lr) if estimator is not None else None
@@ -156,6 +167,8 @@ def _loop(cfg, run, resume, model, tokenizer, others, task, methods, pool, log) 
         if prm_opt is not None:  # PRIME's online PRM continues where it was
             prm_model.load_state_dict(ckpt["prm"])
             prm_opt.load_state_dict(ckpt["prm_optimizer"])
+        if sil is not None:  # SPEAR's replay buffer and baseline FIFO
+            sil.load_state_dict(ckpt["self_imitation"])
         if est_opt is not None:  # SPA's progress estimator continues where it was
             estimator.load_state_dict(ckpt["progress"])
             est_opt.load_state_dict(ckpt["progress_optimizer"])
@@ -183,6 +196,8 @@ def _loop(cfg, run, resume, model, tokenizer, others, task, methods, pool, log) 
             state.update(prm=prm_model.state_dict(), prm_optimizer=prm_opt.state_dict())
         if est_opt is not None:
             state.update(progress=estimator.state_dict(), progress_optimizer=est_opt.state_dict())
+        if sil is not None:
+            state["self_imitation"] = sil.state_dict()
         save_checkpoint(run, {**state, "rng": rng_state(gen), "loop": loop, "config": cfg.to_json()}, step=step)
 
     final: tuple[dict[str, float], dict[str, Any]] | None = None
@@ -347,11 +362,34 @@ def _loop(cfg, run, resume, model, tokenizer, others, task, methods, pool, log) 
             m.update(entropy_change_prediction(batch.old_logp, advantages, batch.loss_mask, lr=sched.get_last_lr()[0]))
             t2 = time.perf_counter()
             # --- PPO updates over minibatches: compose -> backward -> guarded step ----------------------
+            replay, sm = sil.replay_batch(gen) if sil is not None else (None, {})  # before this step's rows enter
+            m.update(sm)
             model.train()
             um, grad_norms, s["streak"], warns = ppo_update(
                 model, opt, sched, step_methods, batch, cfg, gen, s["streak"], step
             )
             m.update(um)
+            if replay is not None:  # SPEAR: the replayed episodes' loss, weighted by gamma(k), in steps of its own
+                size = max(1, len(batch) // cfg.minibatches)
+                rm, rn, s["streak"], _ = ppo_update(
+                    model,
+                    opt,
+                    _NoSchedule(),
+                    step_methods,
+                    replay,
+                    cfg,
+                    gen,
+                    s["streak"],
+                    step,
+                    minibatches=max(1, len(replay) // size),
+                    loss_scale=sil.coef(step),
+                )
+                m.update({f"sil/{k.replace('/', '_')}": v for k, v in rm.items()})
+                m["sil/coef"] = sil.coef(step)
+                grad_norms += rn
+            if sil is not None:
+                tool_calls = got.get("tool_calls", torch.zeros(len(batch), dtype=torch.long))
+                m["sil/admitted"] = float(sil.add(batch, rewards, tool_calls, step))
             inactive = inactive_warnings(step_methods, s["active_sums"], m, step)
             warns.update({f"{name}:inactive": w for name, w in inactive.items()})
             for name in sorted(set(warns) - set(s["scale_warnings"])):  # said once per method, kept with the run

@@ -23,6 +23,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -65,6 +66,15 @@ class _Episode:
     right: bool = False
     format_error: bool = True
     message: str | None = None
+    starts: list[int] = field(default_factory=list)  # index in ids where each turn's model tokens begin
+    records: list[dict] = field(default_factory=list)  # per turn: text, reward, tool_call, parse_error
+    example: Any = None
+    env: Any = None
+    seed: int = 0
+    prompt: list[int] = field(default_factory=list)
+    prompt_text: str = ""
+    parent: Any = None
+    fork_turn: int = 0  # a branch: the turn it was forked at (its earlier turns are its parent's)
 
     def add(self, ids, *, model: bool, step: int = -1, state: int = -1, valid: float = 0.0, logp=None, ent=None):
         n = len(ids)
@@ -110,103 +120,176 @@ def multi_turn_rollout(
     batch_size: int = 256,
 ) -> AgentRollout:
     """``group_size`` episodes of ``task``'s environment per example (groups contiguous, B = P * G rows)."""
-    if turn_tokens < 1 or max_tokens < 1:
-        raise ValueError(f"turn_tokens and max_tokens must be >= 1, got {turn_tokens} and {max_tokens}")
-    max_turns = task.max_turns if max_turns is None else max_turns
-    if max_turns < 1:
-        raise ValueError(f"max_turns must be >= 1, got {max_turns}")
+    runner = Runner(
+        model,
+        tokenizer,
+        task,
+        max_turns=max_turns,
+        turn_tokens=turn_tokens,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        generator=generator,
+        extras=extras,
+        backend=backend,
+        batch_size=batch_size,
+    )
     rows = [e for e in examples for _ in range(group_size)]
-    envs = [task.make_env() for _ in rows]
-    first = [env.reset(e, seed=seed * 1_000_003 + i) for i, (env, e) in enumerate(zip(envs, rows, strict=True))]
-    prompt_ids, prompt_mask = encode_prompts(tokenizer, first)  # [B, Tp]
-    prompts = [prompt_ids[i, prompt_mask[i].bool()].tolist() for i in range(len(rows))]
-    eps = [_Episode(extras={k: [] for k in extras or {}}) for _ in rows]
-    states: dict[str, int] = {}
-    stops, eos, pad = newline_ids(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id
-    t_model = 0.0
-    for k in range(max_turns):
-        live = [i for i, ep in enumerate(eps) if not ep.done]
-        if not live:
-            break
-        contexts = [prompts[i] + eps[i].ids for i in live]
+    eps = [runner.start(e, seed=seed * 1_000_003 + i) for i, e in enumerate(rows)]
+    runner.run(eps)
+    return runner.assemble(eps)
+
+
+class Runner:
+    """Runs episodes turn by turn, all live ones batched per turn; an episode may also start as a copy of
+    another's first turns (a branch), its environment replayed to that point."""
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        task: EnvTask,
+        *,
+        max_turns,
+        turn_tokens,
+        max_tokens,
+        temperature,
+        top_p,
+        generator,
+        extras,
+        backend,
+        batch_size=256,
+    ) -> None:
+        if turn_tokens < 1 or max_tokens < 1:
+            raise ValueError(f"turn_tokens and max_tokens must be >= 1, got {turn_tokens} and {max_tokens}")
+        self.max_turns = task.max_turns if max_turns is None else max_turns
+        if self.max_turns < 1:
+            raise ValueError(f"max_turns must be >= 1, got {self.max_turns}")
+        self.model, self.tok, self.task = model, tokenizer, task
+        self.turn_tokens, self.max_tokens, self.batch_size = turn_tokens, max_tokens, batch_size
+        self.sampling = dict(temperature=temperature, top_p=top_p, generator=generator, backend=backend)
+        self.extras = dict(extras or {})
+        self.stops, self.eos, self.pad = newline_ids(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id
+        self.states: dict[str, int] = {}
+        self.t_model, self.rounds = 0.0, 0
+
+    def start(self, example: Example, seed: int) -> _Episode:
+        """A fresh episode of ``example``: its environment reset, its prompt (the first observation) encoded."""
+        env = self.task.make_env()
+        prompt = env.reset(example, seed=seed)
+        ep = _Episode(extras={k: [] for k in self.extras})
+        ep.example, ep.env, ep.seed, ep.prompt_text = example, env, seed, prompt
+        ep.prompt = self.tok(prompt)["input_ids"]
+        return ep
+
+    def branch(self, parent: _Episode, turn: int) -> _Episode:
+        """A new episode with ``parent``'s first ``turn`` turns (tokens, log-probs, observations) and its
+        environment replayed through them; it continues from turn ``turn``."""
+        ep = self.start(parent.example, parent.seed)
+        cut = parent.starts[turn]
+        for name in ("ids", "logp", "entropy", "model", "step", "state", "valid", "reward_at"):
+            setattr(ep, name, getattr(parent, name)[:cut])
+        ep.extras = {k: v[:cut] for k, v in parent.extras.items()}
+        ep.starts, ep.records = parent.starts[:turn], parent.records[:turn]
+        ep.turns = turn
+        for rec in ep.records:
+            ep.env.step(rec["text"])  # the built-in environments are deterministic given their seed
+            ep.reward += rec["reward"]
+            ep.tool_calls += int(rec["tool_call"])
+            ep.parse_errors += int(rec["parse_error"])
+        ep.parent, ep.fork_turn = parent, turn
+        return ep
+
+    def run(self, eps: list[_Episode]) -> None:
+        """Take turns until every episode is done."""
+        while True:
+            live = [ep for ep in eps if not ep.done and ep.turns < self.max_turns]
+            for ep in eps:
+                if not ep.done and ep.turns >= self.max_turns:
+                    ep.done = ep.truncated = True  # out of turns: no answer
+            if not live:
+                return
+            self._turn(live)
+
+    def _turn(self, live: list[_Episode]) -> None:
+        contexts = [ep.prompt + ep.ids for ep in live]
         width = max(len(c) for c in contexts)
-        ids = torch.full((len(live), width), pad, dtype=torch.long)
+        ids = torch.full((len(live), width), self.pad, dtype=torch.long)
         mask = torch.zeros(len(live), width, dtype=torch.long)
         for j, c in enumerate(contexts):
             ids[j, width - len(c) :], mask[j, width - len(c) :] = torch.tensor(c), 1
-        budget = [max_tokens - len(eps[i].ids) for i in live]
+        budget = [self.max_tokens - len(ep.ids) for ep in live]
         t0 = time.perf_counter()
         out = generate_ids(
-            model,
+            self.model,
             ids,
             mask,
-            eos_id=eos,
-            pad_id=pad,
-            max_new_tokens=min(turn_tokens, max(budget)),
-            temperature=temperature,
-            top_p=top_p,
-            generator=generator,
-            batch_size=batch_size,
-            extras=extras,
-            backend=backend,
-            stop_ids=stops,
+            eos_id=self.eos,
+            pad_id=self.pad,
+            max_new_tokens=min(self.turn_tokens, max(budget)),
+            batch_size=self.batch_size,
+            extras=self.extras,
+            stop_ids=self.stops,
+            **self.sampling,
         )
-        t_model += time.perf_counter() - t0
-        for j, i in enumerate(live):
-            ep, env = eps[i], envs[i]
+        self.t_model += time.perf_counter() - t0
+        self.rounds += 1
+        for j, ep in enumerate(live):
             n = min(int(out.lengths[j]), budget[j])
             toks = out.response_ids[j, :n].tolist()
-            sid = states.setdefault(env.state_key(), len(states))
+            sid = self.states.setdefault(ep.env.state_key(), len(self.states))
+            k = ep.turns
+            ep.starts.append(len(ep.ids))
             ep.add(toks, model=True, step=k, state=sid, logp=out.logp[j, :n].tolist(), ent=out.entropy[j, :n].tolist())
             for name, x in out.extras.items():
                 ep.extras[name] += x[j, :n].tolist()
             ep.turns += 1
+            text = self.tok.decode(toks, skip_special_tokens=True)
             try:
-                res = env.step(tokenizer.decode(toks, skip_special_tokens=True))
+                res = ep.env.step(text)
             except Exception as exc:  # an environment's fault: reported with the example, never scored 0 silently
-                ep.done, ep.message = True, f"env {task.name!r} raised on example {rows[i].id!r}: {exc!r}"
+                ep.done, ep.message = True, f"env {self.task.name!r} raised on example {ep.example.id!r}: {exc!r}"
                 continue
+            tool, parse = bool(res.info.get("tool_call")), bool(res.info.get("parse_error"))
+            ep.records.append({"text": text, "reward": float(res.reward), "tool_call": tool, "parse_error": parse})
             ep.reward += float(res.reward)
             ep.reward_at[-1] += float(res.reward)
             if res.info.get("valid"):
                 ep.valid[-n:] = [1.0] * n
-            ep.tool_calls += int(bool(res.info.get("tool_call")))
-            ep.parse_errors += int(bool(res.info.get("parse_error")))
-            ended = bool(toks) and toks[-1] == eos
+            ep.tool_calls += int(tool)
+            ep.parse_errors += int(parse)
+            ended = bool(toks) and toks[-1] == self.eos
             if res.done or ended:
                 ep.done, ep.right = True, bool(res.info.get("right"))
                 ep.format_error = bool(res.info.get("format_error", not res.done))
                 continue
-            obs = tokenizer(res.observation, add_special_tokens=False)["input_ids"] if res.observation else []
-            if len(ep.ids) + len(obs) >= max_tokens:
+            obs = self.tok(res.observation, add_special_tokens=False)["input_ids"] if res.observation else []
+            if len(ep.ids) + len(obs) >= self.max_tokens:
                 ep.done = ep.truncated = True
                 continue
             ep.add(obs, model=False)
-    for ep in eps:
-        if not ep.done:
-            ep.done = ep.truncated = True  # out of turns: no answer
-    return _assemble(eps, prompt_ids, prompt_mask, pad, k + 1, t_model, list(extras or {}))
+
+    def assemble(self, eps: list[_Episode]) -> AgentRollout:
+        """The rollout of ``eps`` in this order (groups must be contiguous for the trainer)."""
+        prompt_ids, prompt_mask = encode_prompts(self.tok, [ep.prompt_text for ep in eps])  # [B, Tp]
+        return _assemble(eps, prompt_ids, prompt_mask, self.pad, self.rounds, self.t_model, list(self.extras))
 
 
 def episodes(cfg, model, tokenizer, task: EnvTask, examples, generator, extras, seed: int) -> AgentRollout:
-    """A training step's episodes as ``TrainConfig`` ``cfg`` asks (env budget, turns, sampling); an episode
-    whose environment raised stops the run (``RewardError``) unless ``on_reward_error="skip"``."""
-    ar = multi_turn_rollout(
-        model,
-        tokenizer,
-        task,
-        examples,
-        group_size=cfg.group_size,
-        max_turns=cfg.max_turns,
-        turn_tokens=cfg.turn_tokens,
-        max_tokens=cfg.response_budget,
-        temperature=cfg.temperature,
-        top_p=cfg.top_p,
-        generator=generator,
-        extras=extras,
-        backend=cfg.backend,
-        seed=seed,
-    )
+    """A training step's episodes as ``TrainConfig`` ``cfg`` asks (env budget, turns, sampling, AEPO's
+    branching rollout); an episode whose environment raised stops the run (``RewardError``) unless
+    ``on_reward_error="skip"``."""
+    kw = dict(max_turns=cfg.max_turns, turn_tokens=cfg.turn_tokens, max_tokens=cfg.response_budget)
+    kw.update(temperature=cfg.temperature, top_p=cfg.top_p, generator=generator, extras=extras, backend=cfg.backend)
+    if cfg.rollout == "aepo":
+        from entrolab.branching import aepo_rollout
+        from entrolab.methods.aepo_rollout import AEPORolloutConfig
+        from entrolab.options import dataclass_options
+
+        acfg = dataclass_options(AEPORolloutConfig, cfg.rollout_options, "rollout")
+        ar = aepo_rollout(Runner(model, tokenizer, task, **kw), examples, cfg.group_size, acfg, seed)
+    else:
+        ar = multi_turn_rollout(model, tokenizer, task, examples, group_size=cfg.group_size, seed=seed, **kw)
     if bool(ar.scores.errored.any()) and cfg.on_reward_error == "raise":
         from entrolab.rewards import RewardError
 

@@ -21,7 +21,7 @@ from tyro.conf import arg
 
 from entrolab import catalogue
 from entrolab.chat import CHAT_TEMPLATE_MODES, ChatTemplateMode
-from entrolab.kinds import Backend, LRSchedule
+from entrolab.kinds import Backend, LRSchedule, RolloutKind
 from entrolab.presets import AXIS_FIELDS, PRESETS
 from entrolab.rewards import OnRewardError
 
@@ -118,6 +118,12 @@ class TrainConfig:
     """With env: model turns per episode (default: the environment's own)."""
     turn_tokens: int = 24
     """With env: the most tokens of one model turn (a turn ends at a newline or EOS)."""
+    rollout: RolloutKind = "plain"
+    """With env: plain (G independent episodes per prompt) or aepo (AEPO's entropy-balanced rollout: global
+    samples and branches at high-entropy tool-call turns, the split set by an entropy probe)."""
+    rollout_options: tuple[str, ...] = ()
+    """rollout=aepo: its options as 'field=value' (entrolab.methods.aepo_rollout.AEPORolloutConfig: beta, alpha,
+    gamma, penalty_coef, entropy_window, rule, ...)."""
     self_imitation: bool = False
     """SPEAR's self-imitation: replay past episodes with A > 0 and a tool call, advantages recalibrated against
     the median of past group-mean rewards, as an extra loss weighted by a cosine-rising gamma(k)."""
@@ -290,6 +296,8 @@ class TrainConfig:
                 raise ValueError(f"unknown env {self.env!r}; built-in envs: {list(ENVS)}")
             if self.reward_fn or self.reward_model:
                 raise ValueError("an env scores its own episodes: --reward-fn and --reward-model do not apply")
+        if self.rollout not in get_args(RolloutKind):
+            raise ValueError(f"rollout must be one of {list(get_args(RolloutKind))}, got {self.rollout!r}")
         for name in ("max_turns", "episode_tokens"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1 or None, got {getattr(self, name)}")

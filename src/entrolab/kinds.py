@@ -10,4 +10,7 @@ applies (``auto``)."""
 LRSchedule = Literal["constant", "cosine", "linear"]
 """Learning-rate schedule after warm-up."""
 
-__all__ = ["Backend", "LRSchedule"]
+RolloutKind = Literal["plain", "aepo"]
+"""A multi-turn rollout: G independent episodes per prompt, or AEPO's entropy-balanced global + branch split."""
+
+__all__ = ["Backend", "LRSchedule", "RolloutKind"]

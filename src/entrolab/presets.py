@@ -33,7 +33,14 @@ AXIS_FIELDS = {
     "sampler": "samplers",
 }
 # The TrainConfig fields that choose methods; every other field of a preset is recipe.
-METHOD_FIELDS = (*AXIS_FIELDS.values(), "options", "self_imitation", "self_imitation_options")
+METHOD_FIELDS = (
+    *AXIS_FIELDS.values(),
+    "options",
+    "self_imitation",
+    "self_imitation_options",
+    "rollout",
+    "rollout_options",
+)
 # What a preset leaves unset is the baseline's: these values, so presets never inherit each other's choices.
 BASELINE = dict(
     advantage="grpo",
@@ -47,6 +54,8 @@ BASELINE = dict(
     options=(),
     self_imitation=False,
     self_imitation_options=(),
+    rollout="plain",
+    rollout_options=(),
 )
 
 
@@ -204,7 +213,9 @@ PRESET_PARTS: dict[str, Preset] = {
         )
     ),
     # AEPO (arXiv:2510.14545): entropy-balanced clipping with stop-gradient + entropy-aware advantage weight
+    # with --env: its entropy-balanced rollout too (probe, global samples, branches at high-entropy tool turns)
     "aepo": Preset(method=dict(policy_loss="aepo", token_filters=("aepo_entropy_advantage",))),
+    "aepo_agent": Preset(method=dict(policy_loss="aepo", advantage="aepo_adv", rollout="aepo")),
     # Light-IF (arXiv:2508.03178): TEA-RL entropy-weighted bonus with a k3 KL to the reference
     "tea_rl": Preset(method=dict(regularizers=("tea_rl", "kl"), options=("kl.coef=0.001", "kl.estimator='k3'"))),
     # SAFE: entropy-gated KL with PID-controlled thresholds (code ryyzn9/SAFE)

@@ -18,13 +18,13 @@ buffer's state is checkpointed with the run.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 import torch
 
 from entrolab.batch import TokenBatch
 from entrolab.methods.spear_sil import SpearReplayConfig, recalibrate, replay_coef, replay_due, replay_size
 from entrolab.ops import Groups
+from entrolab.options import dataclass_options
 from entrolab.replay import ReplayBuffer
 
 _FIELDS = ("prompt_ids", "prompt_mask", "response_ids", "attention_mask", "loss_mask", "old_logp", "old_entropy")
@@ -32,22 +32,7 @@ _FIELDS = ("prompt_ids", "prompt_mask", "response_ids", "attention_mask", "loss_
 
 def parse_options(items: tuple[str, ...]) -> SpearReplayConfig:
     """``field=value`` items as a :class:`SpearReplayConfig`; an unknown field names the allowed ones."""
-    import ast
-
-    out: dict[str, Any] = {}
-    for item in items:
-        key, eq, raw = item.partition("=")
-        if not eq:
-            raise ValueError(f"self_imitation option {item!r} must look like 'field=value'")
-        try:
-            out[key.strip()] = ast.literal_eval(raw.strip())
-        except (ValueError, SyntaxError):
-            out[key.strip()] = raw.strip()
-    allowed = set(SpearReplayConfig.__dataclass_fields__)
-    bad = sorted(set(out) - allowed)
-    if bad:
-        raise ValueError(f"unknown self_imitation option(s) {bad}; allowed: {sorted(allowed)}")
-    return SpearReplayConfig(**out)
+    return dataclass_options(SpearReplayConfig, items, "self_imitation")
 
 
 class SelfImitation:

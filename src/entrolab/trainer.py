@@ -109,6 +109,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, log=p
     ref_model = None
     pre_needs = pre_update_needs(methods)
     env_only = sorted((pre_needs | set(methods.needs)) & set(ENV_NEEDS))
+    if cfg.env is None and (cfg.rollout != "plain" or cfg.self_imitation):
+        raise ValueError(f"rollout={cfg.rollout!r} and self_imitation={cfg.self_imitation} act on episodes: add --env")
     if env_only and cfg.env is None:
         raise ValueError(f"a chosen method needs {env_only}, which only a multi-turn environment supplies: add --env")
     if "prm_logp" in pre_needs and not cfg.prm_model:

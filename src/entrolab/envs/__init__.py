@@ -35,7 +35,7 @@ DESCRIPTIONS: dict[str, str] = {
     "lookup": "multi-hop questions over a generated fact base, answered with search(relation of name) calls",
     "grid": "walk to the goal of a small map with move(up|down|left|right), several moves per episode",
 }
-ENV_BUDGETS: dict[str, int] = {"calc": 96, "lookup": 128, "grid": 160}
+ENV_BUDGETS: dict[str, int] = {"calc": 96, "lookup": 160, "grid": 160}
 """An episode's default response budget (model turns and observations, tokens) per environment."""
 _CALL = re.compile(r"([a-z_]+)\(([^()\n]*)\)\s*$")
 

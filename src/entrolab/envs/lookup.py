@@ -28,7 +28,7 @@ def _name(rng: random.Random) -> str:
 class LookupConfig:
     """Multi-hop questions over a generated fact base."""
 
-    hops: tuple[int, int] = (2, 2)
+    hops: tuple[int, int] = (2, 3)
     """Inclusive range of the number of relations in a question."""
     distractors: int = 4
     """Extra facts per problem about the same names."""
@@ -36,7 +36,7 @@ class LookupConfig:
     """Problems in the test split."""
     max_train: int = 20_000
     """At most this many problems in the train split."""
-    max_turns: int = 4
+    max_turns: int = 5
     """Model turns per episode before it ends without an answer."""
     demo_mix: tuple[float, float, float] = (0.3, 0.5, 0.2)
     """Fractions of right, wrong and badly formatted demonstrations of the warm start."""

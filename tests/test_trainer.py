@@ -209,7 +209,7 @@ def test_every_preset_trains_end_to_end(tiny_dir, rm_dir, tmp_path, preset):
         reward_fn="tests.fault_fns:digits",
     )
     needs = pre_update_needs(Methods(cfg)) | set(Methods(cfg).needs)
-    if needs & set(ENV_NEEDS) or cfg.self_imitation or cfg.rollout != "plain":  # an agent method: episodes of a multi-turn environment
+    if needs & set(ENV_NEEDS) or cfg.self_imitation or cfg.rollout != "plain":  # agent methods: episodes
         cfg = replace(cfg, env="lookup", reward_fn=None, turn_tokens=6, episode_tokens=40)
     if "prm_logp" in needs:  # PRIME's implicit PRM: any causal LM folder serves
         cfg = replace(cfg, prm_model=str(tiny_dir))

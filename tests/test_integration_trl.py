@@ -420,3 +420,55 @@ def test_running_statistics_shapers_get_their_schedule_state_in_trl(tiny_dir, tm
     n2, m2 = second["reward_meanstd/batch_n"], second["reward_meanstd/batch_mean"]
     assert second["schedule/reward_meanstd.n"] == n1
     assert second["reward_meanstd/run_mean"] == pytest.approx((n1 * m1 + n2 * m2) / (n1 + n2), rel=1e-5)
+
+
+def length_reward(completions, **kw) -> list[float]:
+    """Characters of the whole episode (model turns and observations): varies between random episodes."""
+    return [float(len(c)) / 100 for c in completions]
+
+
+def _env_trainer(tiny_dir, tmp_path, methods, **kw):
+    from entrolab.integrations.trl_env import EnvRollout
+
+    model, tok = load_policy(tiny_dir)
+    tok.padding_side = "left"
+    env = EnvRollout("lookup", turn_tokens=6, max_tokens=60)
+    args = _args(tmp_path, max_steps=2, max_completion_length=60, **kw)
+    return EntrolabGRPOTrainer(
+        model=model,
+        processing_class=tok,
+        reward_funcs=[env.reward, length_reward],  # the random model never succeeds: a reward that varies
+        args=args,
+        train_dataset=env.dataset(),
+        methods=methods,
+        rollout_func=env,
+    ), env
+
+
+@pytest.mark.parametrize(("methods", "key"), [("gigpo", "gigpo/step_group_size_mean"), ("empg", "empg/scale_max")])
+def test_entrolab_environments_train_in_trl_through_rollout_func(tiny_dir, tmp_path, methods, key):
+    tr, env = _env_trainer(tiny_dir, tmp_path, methods)
+    seen = {}
+    prepare = tr.entrolab_prepare
+
+    def spy(out):
+        seen["out"] = out
+        return prepare(out)
+
+    tr.entrolab_prepare = spy
+    before = [p.detach().clone() for p in tr.model.parameters()]
+    tr.train()
+    assert any(not torch.equal(a, b) for a, b in zip(before, tr.model.parameters(), strict=True))
+    logged = [row for row in tr.state.log_history if "loss" in row]
+    assert len(logged) == 2 and all(key in row for row in logged)
+    out = seen["out"]
+    # observations are attended but never trained on: TRL's loss mask is completion_mask * env_mask
+    assert out["tool_mask"] is not None and bool((out["tool_mask"] == 0).any())
+    batch = tr._generation["train"].batch
+    obs = (batch.attention_mask > 0) & (out["tool_mask"][:, : batch.attention_mask.shape[1]] == 0)
+    assert torch.all(batch.loss_mask[obs] == 0) and env.calls == 2
+
+
+def test_agent_methods_without_an_environment_are_refused_in_trl(tiny_dir, tmp_path):
+    with pytest.raises(ValueError, match=r"only a multi-turn environment supplies: pass rollout_func="):
+        _trainer(tiny_dir, tmp_path, methods="gigpo")

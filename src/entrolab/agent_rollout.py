@@ -20,6 +20,7 @@ episode as errored, with the example and the message (never a silent 0).
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +45,11 @@ def newline_ids(tokenizer) -> list[int]:
         vocab = tokenizer.get_vocab()
         _NEWLINES[key] = sorted(i for t, i in vocab.items() if "\n" in tokenizer.convert_tokens_to_string([t]))
     return _NEWLINES[key]
+
+
+def state_id(key: str) -> int:
+    """A stable id of an environment state (a 62-bit hash of its key): equal on every process and run."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") >> 2
 
 
 @dataclass
@@ -170,7 +176,6 @@ class Runner:
         self.sampling = dict(temperature=temperature, top_p=top_p, generator=generator, backend=backend)
         self.extras = dict(extras or {})
         self.stops, self.eos, self.pad = newline_ids(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id
-        self.states: dict[str, int] = {}
         self.t_model, self.rounds = 0.0, 0
 
     def start(self, example: Example, seed: int) -> _Episode:
@@ -237,7 +242,7 @@ class Runner:
         for j, ep in enumerate(live):
             n = min(int(out.lengths[j]), budget[j])
             toks = out.response_ids[j, :n].tolist()
-            sid = self.states.setdefault(ep.env.state_key(), len(self.states))
+            sid = state_id(ep.env.state_key())
             k = ep.turns
             ep.starts.append(len(ep.ids))
             ep.add(toks, model=True, step=k, state=sid, logp=out.logp[j, :n].tolist(), ent=out.entropy[j, :n].tolist())

@@ -213,9 +213,11 @@ PRESET_PARTS: dict[str, Preset] = {
         )
     ),
     # AEPO (arXiv:2510.14545): entropy-balanced clipping with stop-gradient + entropy-aware advantage weight
-    # with --env: its entropy-balanced rollout too (probe, global samples, branches at high-entropy tool turns)
-    "aepo": Preset(method=dict(policy_loss="aepo", token_filters=("aepo_entropy_advantage",))),
-    "aepo_agent": Preset(method=dict(policy_loss="aepo", advantage="aepo_adv", rollout="aepo")),
+    # the full recipe (needs --env): the entropy-balanced rollout (probe, global samples, branches at
+    # high-entropy tool turns with the consecutive-branch penalty), the stop-gradient clip and the released
+    # code's entropy-aware advantage; aepo_clip is the update alone (single-turn tasks too)
+    "aepo": Preset(method=dict(policy_loss="aepo", advantage="aepo_adv", rollout="aepo")),
+    "aepo_clip": Preset(method=dict(policy_loss="aepo", token_filters=("aepo_entropy_advantage",))),
     # Light-IF (arXiv:2508.03178): TEA-RL entropy-weighted bonus with a k3 KL to the reference
     "tea_rl": Preset(method=dict(regularizers=("tea_rl", "kl"), options=("kl.coef=0.001", "kl.estimator='k3'"))),
     # SAFE: entropy-gated KL with PID-controlled thresholds (code ryyzn9/SAFE)

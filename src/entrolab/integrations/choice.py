@@ -108,6 +108,13 @@ def resolve_methods(
     carried = [o for o in carried if o.partition("=")[0].rpartition(".")[0] in chosen]  # options of unused methods
     run["options"] = (*carried, *own)
     run = {k: tuple(v) if k in LISTS else v for k, v in run.items()}
+    trainer_only = {"self_imitation": False, "self_imitation_options": (), "rollout": "plain", "rollout_options": ()}
+    used = sorted(k for k, default in trainer_only.items() if run.pop(k, default) != default)
+    if used:  # the built-in trainer's own mechanisms: an engine owns its rollout and its optimizer steps
+        raise ValueError(
+            f"methods= sets {used}, which only `entrolab train` runs (SPEAR's replay steps, AEPO's branching "
+            "rollout); choose the method's catalogue parts by name instead"
+        )
     return MethodSpec(**run), notes
 
 

@@ -70,6 +70,7 @@ check_version(trl.__version__)
 from transformers import TrainerCallback  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
+from entrolab.agent_rollout import ENV_NEEDS  # noqa: E402
 from entrolab.batch import TokenBatch  # noqa: E402
 from entrolab.integrations.trl_data import (  # noqa: E402
     ADAPTER_METRICS,
@@ -79,6 +80,7 @@ from entrolab.integrations.trl_data import (  # noqa: E402
     rows_of,
     truncated_rows,
 )
+from entrolab.integrations.trl_env import EnvRollout, episode_inputs  # noqa: E402
 from entrolab.sampling import advantage_of, answer_marker, answer_phase, apply_shapers, declared, pre_inputs  # noqa: E402
 from entrolab.step_inputs import pre_update_needs, step_ids  # noqa: E402
 from entrolab.stepstats import fill_errored  # noqa: E402
@@ -152,6 +154,12 @@ class EntrolabGRPOTrainer(GRPOTrainer):
             raise ValueError(
                 f"a chosen method needs {unserved}, which the TRL adapter does not compute (an extra model pass "
                 "over the generation batch); use `entrolab train`, or choose another method"
+            )
+        env_only = sorted((pre_update_needs(self._methods) | set(self._methods.needs)) & set(ENV_NEEDS))
+        if env_only and not isinstance(kw.get("rollout_func"), EnvRollout):
+            raise ValueError(
+                f"a chosen method needs {env_only}, which only a multi-turn environment supplies: pass "
+                "rollout_func=entrolab.integrations.trl_env.EnvRollout(ENV)"
             )
         self._answer_extractor = answer_extractor or final_answer
         self._methods.check_schedules(ADAPTER_METRICS, ("schedule/", "rewards/"))
@@ -295,6 +303,11 @@ class EntrolabGRPOTrainer(GRPOTrainer):
             inputs["answer_ids"] = self._gather(extras["answer_ids"])  # [N] long
         if "step_ids" in extras:
             inputs["step_ids"] = self._gather(extras["step_ids"] + 1) - 1  # padding across processes: -1
+        for key, x in episode_inputs(self, t).items():  # a multi-turn EnvRollout's turns, states and counts
+            x = x.to(device)
+            inputs[key] = self._gather(x + 1) - 1 if key in ("step_ids", "state_ids") else self._gather(x)
+        if "step_ids" in methods.needs and "step_ids" in inputs:  # a trained method's (EPO's turn gate)
+            glob.extras["step_ids"] = inputs["step_ids"]
         if "reward_parts" in pre_needs:  # TRL's reward functions are the components (NaN: did not apply)
             inputs["reward_parts"] = rewards_pf.float()
         if "ref_logp" in pre_needs:  # TRL's reference log-probs of the completions (beta != 0 loads the model)

@@ -1,6 +1,7 @@
 """Base policies of `entrolab pretrain` at default settings: time, pass@1 and pass@16 per task.
 
     python benchmarks/base_policy.py [arithmetic countdown]   # writes benchmarks/results/base_policy.json and .md
+    python benchmarks/base_policy.py calc lookup grid         # the environments: base_policy_envs.json and .md
 
 Targets (issue 2): test-split pass@1 in [0.05, 0.40], pass@16 >= 2 x pass@1, pretrain under 3 minutes on
 2 CPU cores. Run it on a quiet machine: other processes using the cores slow torch down several-fold.
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from entrolab.envs import ENV_BUDGETS, ENVS, make_env_task
 from entrolab.evaluate import evaluate
 from entrolab.models import load_policy
 from entrolab.pretrain import PretrainConfig, pretrain
@@ -28,12 +30,13 @@ def main(tasks: list[str]) -> None:
     torch.set_num_threads(2)
     rows = []
     for name in tasks:
-        task = make_task(name, seed=0)
+        task = make_env_task(name) if name in ENVS else make_task(name, seed=0)
+        budget = {"max_new_tokens": ENV_BUDGETS[name]} if name in ENVS else {}  # an episode's budget
         with tempfile.TemporaryDirectory() as d:
             t0 = time.perf_counter()
             stats = pretrain(task, d, PretrainConfig())
             model, tok = load_policy(d)
-            ev = evaluate(model, tok, task, samples=16, seed=0)
+            ev = evaluate(model, tok, task, samples=16, seed=0, **budget)
             total = time.perf_counter() - t0
         rows.append(
             {
@@ -46,7 +49,8 @@ def main(tasks: list[str]) -> None:
         )
         print(rows[-1], flush=True)
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "base_policy.json").write_text(json.dumps({"config": PretrainConfig().__dict__, "results": rows}, indent=2))
+    stem = "base_policy_envs" if all(name in ENVS for name in tasks) else "base_policy"
+    (OUT / f"{stem}.json").write_text(json.dumps({"config": PretrainConfig().__dict__, "results": rows}, indent=2))
     lines = [
         "| task | pretrain s | pass@1 | pass@16 | format errors | mean length | entropy |",
         "|---|---|---|---|---|---|---|",
@@ -56,7 +60,7 @@ def main(tasks: list[str]) -> None:
             f"| {r['task']} | {r['pretrain_s']:.0f} | {r['pass@1']:.3f} | {r['pass@16']:.3f} | "
             f"{r['format_error_rate']:.3f} | {r['mean_length']:.1f} | {r['entropy']:.3f} |"
         )
-    (OUT / "base_policy.md").write_text("\n".join(lines) + "\n")
+    (OUT / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -119,3 +119,25 @@ def test_budget_and_turn_limit_end_episodes(tiny) -> None:
     assert torch.all(r.truncated | (last == tok.eos_token_id))  # out of budget or turns, unless it stopped
     _, one = _rollout(model, tok, turn_tokens=3, max_tokens=200)
     assert one.turns.max() <= make_env_task("lookup").max_turns
+
+
+def test_requested_extras_stay_aligned_with_the_tokens(tiny) -> None:
+    from entrolab.learner import ROLLOUT_EXTRAS
+
+    model, tok = tiny
+    task = make_env_task("lookup")
+    extras = {"vocab_baseline": ROLLOUT_EXTRAS["vocab_baseline"]}
+    ar = multi_turn_rollout(
+        model,
+        tok,
+        task,
+        task.test[:2],
+        group_size=2,
+        turn_tokens=6,
+        max_tokens=60,
+        extras=extras,
+        generator=torch.Generator().manual_seed(0),
+    )
+    r = ar.rollout
+    vb, mm = r.extras["vocab_baseline"], r.extras["model_mask"] * r.response_mask
+    assert torch.all(vb[mm == 0] == 0) and torch.all(vb[mm > 0] != 0)

@@ -92,6 +92,9 @@ class _Episode:
         self.state += [state] * n
         self.valid += [valid] * n
         self.reward_at += [0.0] * n
+        if not model:  # an observation: no behaviour quantities (the model's turns add theirs after this)
+            for v in self.extras.values():
+                v += [0.0] * n
 
 
 @dataclass

@@ -28,7 +28,7 @@ def _name(rng: random.Random) -> str:
 class LookupConfig:
     """Multi-hop questions over a generated fact base."""
 
-    hops: tuple[int, int] = (2, 3)
+    hops: tuple[int, int] = (1, 4)
     """Inclusive range of the number of relations in a question."""
     distractors: int = 4
     """Extra facts per problem about the same names."""

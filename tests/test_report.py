@@ -186,3 +186,17 @@ def test_the_hacking_section_appears_for_runs_on_a_reward_model(tmp_path):
     assert "Reward hacking: proxy against gold" in doc and (root / "plots" / "hacking.png").exists()
     plain = render_report(write_comparison(tmp_path / "plain")).read_text()
     assert "Reward hacking" not in plain
+
+
+def test_the_turns_section_appears_for_runs_on_an_environment(tmp_path):
+    root = write_comparison(tmp_path / "cmp")
+    for path in root.glob("*/seed*/metrics.jsonl"):
+        rows = [json.loads(x) for x in path.read_text().splitlines()]
+        for r in rows[1:]:
+            r.update(
+                {"env/turns_mean": 2.0, "env/tool_calls_mean": 1.0 + 0.01 * r["step"], "env/parse_errors_mean": 0.1}
+            )
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    doc = render_report(root).read_text()
+    assert "<h2>Turns and tool calls</h2>" in doc and (root / "plots" / "agent.png").exists()
+    assert "Turns and tool calls" not in render_report(write_comparison(tmp_path / "plain")).read_text()

@@ -657,6 +657,14 @@ _CURVES = (  # (panels of (metric key, y label), section name) of the step-curve
     ([("clip/frac_low", "fraction of tokens"), ("clip/frac_high", "fraction of tokens")], "clip"),
     ([("len/mean", "tokens"), ("len/truncated_frac", "fraction of samples")], "length"),
 )
+AGENT = (  # runs on a multi-turn environment (--env)
+    [
+        ("env/turns_mean", "model turns per episode"),
+        ("env/tool_calls_mean", "tool calls per episode"),
+        ("env/parse_errors_mean", "parse errors per episode"),
+    ],
+    "turns and tool calls",
+)
 HACKING = (  # runs trained on a reward model (--reward-model): the proxy against the gold verifier
     [
         ("reward/proxy_mean", "reward-model score"),
@@ -763,6 +771,17 @@ def render_report(cmp_dir: str | Path, *, title: str | None = None) -> Path:
                 lambda: _curves_section(cmp, colors, *HACKING),
                 "Runs trained on a reward model: its score (the proxy), the task's verifier on the same rollouts "
                 "(gold) and the share of rollouts carrying the reward model's spurious feature.",
+            ),
+        )
+    if any("env/turns_mean" in row for rs in cmp.runs.values() for r in rs for row in r.rows):
+        sections.insert(
+            1,
+            (
+                "agent",
+                "Turns and tool calls",
+                lambda: _curves_section(cmp, colors, *AGENT),
+                "Multi-turn episodes (--env): model turns, valid tool calls (or moves) and turns whose action did "
+                "not parse, per episode of each step's training rollouts.",
             ),
         )
     parts = []

@@ -32,15 +32,10 @@ AXIS_FIELDS = {
     "schedule": "schedules",
     "sampler": "samplers",
 }
-# The TrainConfig fields that choose methods; every other field of a preset is recipe.
-METHOD_FIELDS = (
-    *AXIS_FIELDS.values(),
-    "options",
-    "self_imitation",
-    "self_imitation_options",
-    "rollout",
-    "rollout_options",
-)
+# The fields an engine's methods= mapping names (the catalogue's axes); METHOD_FIELDS adds the built-in
+# trainer's own method mechanisms (SPEAR's replay, AEPO's branching rollout). Every other field is recipe.
+AXIS_CHOICE_FIELDS = (*AXIS_FIELDS.values(), "options")
+METHOD_FIELDS = (*AXIS_CHOICE_FIELDS, "self_imitation", "self_imitation_options", "rollout", "rollout_options")
 # What a preset leaves unset is the baseline's: these values, so presets never inherit each other's choices.
 BASELINE = dict(
     advantage="grpo",
@@ -253,4 +248,14 @@ PRESET_PARTS: dict[str, Preset] = {
 }
 PRESETS: dict[str, dict[str, Any]] = {name: p.full() for name, p in PRESET_PARTS.items()}
 
-__all__ = ["AXIS_FIELDS", "BASELINE", "DAPO_CLIP", "METHOD_FIELDS", "PRESETS", "PRESET_PARTS", "Need", "Preset"]
+__all__ = [
+    "AXIS_CHOICE_FIELDS",
+    "AXIS_FIELDS",
+    "BASELINE",
+    "DAPO_CLIP",
+    "METHOD_FIELDS",
+    "PRESETS",
+    "PRESET_PARTS",
+    "Need",
+    "Preset",
+]

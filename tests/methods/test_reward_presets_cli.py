@@ -10,7 +10,7 @@ import pytest
 
 from entrolab.cli import main
 from entrolab.integrations.choice import MethodSpec
-from entrolab.presets import METHOD_FIELDS, PRESETS
+from entrolab.presets import AXIS_CHOICE_FIELDS, PRESETS
 from entrolab.update import Methods
 
 # preset -> (a metric key of the method, a predicate on the second step's value that shows it acted)
@@ -35,7 +35,7 @@ def test_the_preset_trains_two_steps_through_the_cli(tiny_dir, tmp_path, preset)
     assert main([*argv, "--out", str(run), "--no-progress"]) == 0
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()][1:]
     assert len(rows) == 2
-    methods = Methods(MethodSpec(**{k: PRESETS[preset][k] for k in METHOD_FIELDS}))
+    methods = Methods(MethodSpec(**{k: PRESETS[preset][k] for k in AXIS_CHOICE_FIELDS}))
     pairs = [methods.advantage, methods.policy_loss, *methods.shapers, *methods.filters, *methods.samplers]
     for entry, _ in pairs:
         for key in entry.metrics:

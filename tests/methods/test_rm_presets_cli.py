@@ -10,7 +10,7 @@ import pytest
 
 from entrolab.cli import main
 from entrolab.integrations.choice import MethodSpec
-from entrolab.presets import METHOD_FIELDS, PRESETS
+from entrolab.presets import AXIS_CHOICE_FIELDS, PRESETS
 from entrolab.update import Methods
 
 # preset -> extra flags (with {rm} / {prm} filled in)
@@ -33,7 +33,7 @@ def test_the_preset_trains_two_steps_through_the_cli(tiny_dir, rm_dir, tmp_path,
     argv += [f.format(rm=rm_dir, prm=tiny_dir) for f in FLAGS[preset]]
     assert main([*argv, "--reward-workers", "1", "--out", str(run), "--no-progress"]) == 0
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()][1:]
-    methods = Methods(MethodSpec(**{k: PRESETS[preset][k] for k in METHOD_FIELDS}))
+    methods = Methods(MethodSpec(**{k: PRESETS[preset][k] for k in AXIS_CHOICE_FIELDS}))
     for entry, _ in [methods.advantage, methods.policy_loss, *methods.shapers]:
         for key in entry.metrics:
             assert all(key in r and math.isfinite(r[key]) for r in rows), (entry.name, key)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.test_cli import entrolab
 
 SMALL = [
@@ -125,3 +127,68 @@ def test_sinks_write_through_the_real_libraries(tiny_dir, tmp_path):
     hist = client.get_metric_history(run_id, "eval/pass_at_1")
     assert sorted(m.step for m in hist) == [0, 2]
     assert client.get_run(run_id).data.params["max_new_tokens"] == "6"
+
+
+@pytest.mark.slow
+def test_compare_on_an_environment_and_train_the_spear_recipe_from_the_cli(tiny_dir, tmp_path):
+    """The README's agent commands at toy size: a grid on calc (plain and branching rollouts), SPEAR's recipe."""
+    cmp = tmp_path / "cmp_env"
+    small = ["--set", "prompts_per_step=2", "group_size=4", "turn_tokens=6", "episode_tokens=40", "eval_samples=2"]
+    small += ["eval_prompts=2"]
+    entrolab(
+        "compare",
+        "--env",
+        "calc",
+        "--out",
+        str(cmp),
+        "--model",
+        str(tiny_dir),
+        "--methods",
+        "grpo,gigpo,aepo",
+        "--seeds",
+        "1",
+        "--steps",
+        "2",
+        "--eval-every",
+        "2",
+        "--workers",
+        "2",
+        "--no-progress",
+        *small,
+        timeout=600,
+    )
+    for method in ("grpo", "gigpo", "aepo"):
+        summary = json.loads((cmp / method / "seed0" / "summary.json").read_text())
+        assert summary["config"]["env"] == "calc" and "turns_mean" in summary["final_eval"]
+    html = (cmp / "report.html").read_text()
+    assert "<h2>Turns and tool calls</h2>" in html
+    run = tmp_path / "spear"
+    entrolab(
+        "train",
+        "--model",
+        str(tiny_dir),
+        "--env",
+        "lookup",
+        "--preset",
+        "spear",
+        "--steps",
+        "2",
+        "--prompts-per-step",
+        "2",
+        "--group-size",
+        "4",
+        "--turn-tokens",
+        "6",
+        "--episode-tokens",
+        "40",
+        "--eval-prompts",
+        "2",
+        "--eval-samples",
+        "2",
+        "--out",
+        str(run),
+        "--no-progress",
+        timeout=600,
+    )
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()[1:]]
+    assert len(rows) == 2 and all("spear/tool_weight" in r and "sil/held" in r for r in rows)

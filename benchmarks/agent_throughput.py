@@ -9,7 +9,8 @@ threads. Reported per environment (median over repeats): model tokens/s and turn
 (environment steps included), mean turns, tool calls, success, and the re-prefill share: the rollout
 re-prefills the whole context (prompt and every earlier turn) at each turn instead of keeping the KV cache, so
 the benchmark times the same prefills alone (one token sampled per context) and divides by the rollout's
-sampling time. That share is the most a cache kept across turns could save.
+sampling time. That share (turns after the first; their last observation's few tokens neglected) is what a
+cache kept across turns could save.
 """
 
 from __future__ import annotations
@@ -32,25 +33,30 @@ OUT = Path(__file__).parent / "results"
 
 
 def prefill_seconds(model, tok, ar) -> float:
-    """Seconds to prefill, once, every context the rollout sampled a turn from (one token each)."""
+    """Seconds to prefill, once, every context the rollout sampled a later turn (turn >= 1) from, one token
+    each: the prefills a KV cache kept across turns would avoid (each turn would then prefill only the last
+    observation, left out here)."""
     r, steps = ar.rollout, ar.rollout.extras["step_ids"]
-    contexts = []
+    by_turn: dict[int, list[list[int]]] = {}
     for i in range(len(r)):
         prompt = r.prompt_ids[i][r.prompt_mask[i].bool()].tolist()
         ids = r.response_ids[i].tolist()
-        for t in range(int(ar.turns[i])):
-            start = int((steps[i] == t).nonzero()[0]) if bool((steps[i] == t).any()) else None
-            if start is not None:
-                contexts.append(prompt + ids[:start])
+        for t in range(1, int(ar.turns[i])):  # turn 0's prefill happens with or without a kept cache
+            where = (steps[i] == t).nonzero()
+            if len(where):
+                by_turn.setdefault(t, []).append(prompt + ids[: int(where[0])])
     total = 0.0
-    for k in sorted({len(c) for c in contexts}):  # one batch per context length, as each turn batches them
-        batch = [c for c in contexts if len(c) == k]
-        ids = torch.tensor(batch)
+    for contexts in by_turn.values():  # one left-padded batch per turn, as the rollout batches them
+        width = max(len(c) for c in contexts)
+        ids = torch.full((len(contexts), width), tok.pad_token_id)
+        mask = torch.zeros(len(contexts), width, dtype=torch.long)
+        for j, c in enumerate(contexts):
+            ids[j, width - len(c) :], mask[j, width - len(c) :] = torch.tensor(c), 1
         t0 = time.perf_counter()
         generate_ids(
             model,
             ids,
-            torch.ones_like(ids),
+            mask,
             eos_id=tok.eos_token_id,
             pad_id=tok.pad_token_id,
             max_new_tokens=1,
@@ -105,8 +111,9 @@ def main() -> None:
     lines = [
         "# Multi-turn rollout throughput (16 problems x 8 episodes, tiny1m warm starts, 2 threads)",
         "",
-        "`python benchmarks/agent_throughput.py`; medians over repeats. Re-prefill share: the time to prefill every",
-        "turn's context once, over the rollout's sampling time (the most a KV cache kept across turns could save).",
+        "`python benchmarks/agent_throughput.py`; medians over repeats. Re-prefill share: the time to prefill the",
+        "contexts of turns after the first once, over the rollout's sampling time (what a KV cache kept across turns",
+        "could save).",
         "",
         "| env | model tokens/s | turns/s | turns | tool calls | success | turn rounds | re-prefill share |",
         "|---|---|---|---|---|---|---|---|",

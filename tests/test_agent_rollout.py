@@ -6,11 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from entrolab.agent_rollout import episodes, multi_turn_rollout
+from entrolab.agent_rollout import multi_turn_rollout
 from entrolab.batch import TokenBatch
 from entrolab.config import TrainConfig
 from entrolab.envs import StepResult, ToolEnv, make_env_task
 from entrolab.envs.calc import CalcTask
+from entrolab.episodes import episodes
 from entrolab.rewards import RewardError
 from entrolab.rollout import teacher_forced
 from entrolab.update import Counts, Methods, compose

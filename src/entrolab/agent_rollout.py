@@ -283,28 +283,6 @@ class Runner:
         return _assemble(eps, prompt_ids, prompt_mask, self.pad, self.rounds, self.t_model, list(self.extras))
 
 
-def episodes(cfg, model, tokenizer, task: EnvTask, examples, generator, extras, seed: int) -> AgentRollout:
-    """A training step's episodes as ``TrainConfig`` ``cfg`` asks (env budget, turns, sampling, AEPO's
-    branching rollout); an episode whose environment raised stops the run (``RewardError``) unless
-    ``on_reward_error="skip"``."""
-    kw = dict(max_turns=cfg.max_turns, turn_tokens=cfg.turn_tokens, max_tokens=cfg.response_budget)
-    kw.update(temperature=cfg.temperature, top_p=cfg.top_p, generator=generator, extras=extras, backend=cfg.backend)
-    if cfg.rollout == "aepo":
-        from entrolab.branching import aepo_rollout
-        from entrolab.methods.aepo_rollout import AEPORolloutConfig
-        from entrolab.options import dataclass_options
-
-        acfg = dataclass_options(AEPORolloutConfig, cfg.rollout_options, "rollout")
-        ar = aepo_rollout(Runner(model, tokenizer, task, **kw), examples, cfg.group_size, acfg, seed)
-    else:
-        ar = multi_turn_rollout(model, tokenizer, task, examples, group_size=cfg.group_size, seed=seed, **kw)
-    if bool(ar.scores.errored.any()) and cfg.on_reward_error == "raise":
-        from entrolab.rewards import RewardError
-
-        raise RewardError(next(m for m in ar.scores.messages if m))
-    return ar
-
-
 def _assemble(eps, prompt_ids, prompt_mask, pad, rounds, t_model, extra_names) -> AgentRollout:
     b, t = len(eps), max(1, max(len(ep.ids) for ep in eps))
 
@@ -365,4 +343,4 @@ def _assemble(eps, prompt_ids, prompt_mask, pad, rounds, t_model, extra_names) -
     return AgentRollout(rollout, scores, turns, calls, parse, metrics)
 
 
-__all__ = ["ENV_NEEDS", "AgentRollout", "episodes", "multi_turn_rollout", "newline_ids"]
+__all__ = ["ENV_NEEDS", "AgentRollout", "multi_turn_rollout", "newline_ids"]

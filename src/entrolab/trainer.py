@@ -31,12 +31,13 @@ from typing import Any
 
 import torch
 
-from entrolab.agent_rollout import ENV_NEEDS, episodes
+from entrolab.agent_rollout import ENV_NEEDS
 from entrolab.chat import with_chat_template
 from entrolab.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from entrolab.config import TrainConfig
 from entrolab.data import prompts_at, task_of
 from entrolab.diagnostics import entropy_change_prediction
+from entrolab.episodes import episodes
 from entrolab.evaluate import decode_completions, evaluate
 from entrolab.jsonio import append_jsonl, truncate_after, write_json_atomic
 from entrolab.learner import ROLLOUT_EXTRAS, lr_factor, ppo_update, probe_entropy_change, reference_logp

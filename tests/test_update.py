@@ -16,7 +16,7 @@ import torch
 from entrolab import registry
 from entrolab.batch import TokenBatch
 from entrolab.config import TrainConfig
-from entrolab.methods.aggregation import AGG_MODES
+from entrolab.methods.aggregation import ADDITIVE_MODES, AGG_MODES
 from entrolab.trainer import TRAINER_METRICS
 from entrolab.update import Counts, Methods, apply_filters, compose
 
@@ -116,7 +116,7 @@ def test_compose_is_invariant_to_right_padding(mode, regularizers):
 
 @pytest.mark.parametrize("micro_batch_size", [1, 2, 4, 5])
 @pytest.mark.parametrize("regularizers", REG_CHOICES, ids=REG_IDS)
-@pytest.mark.parametrize("mode", AGG_MODES)
+@pytest.mark.parametrize("mode", ADDITIVE_MODES)
 def test_micro_batches_with_minibatch_counts_sum_to_the_minibatch(mode, regularizers, micro_batch_size):
     methods = _methods(aggregation=mode, regularizers=regularizers)
     batch = _batch(1)
@@ -393,3 +393,16 @@ def test_micro_batch_scope_filter_depends_on_micro_batch_size():
     assert not torch.equal(split.loss_mask, whole.loss_mask)
     kept = [int(split.loss_mask[sl].sum()) for sl in (slice(0, 4), slice(4, 6))]
     assert kept == [8, 4]  # int(0.3 * n + 0.9999) of the 25 and 11 tokens of each micro-batch
+
+
+def test_bnpo_is_token_mean_on_one_micro_batch_and_averages_micro_batch_means_otherwise():
+    from entrolab.methods.aggregation import aggregate
+
+    loss = torch.tensor([[1.0, 2, 3], [4, 5, 6], [7, 8, 9], [1, 1, 1]], dtype=torch.float64)
+    mask = torch.tensor([[1.0, 1, 0], [1, 0, 0], [1, 1, 1], [0, 0, 0]], dtype=torch.float64)
+    whole = aggregate(loss, mask, "bnpo")
+    torch.testing.assert_close(whole, aggregate(loss, mask, "token-mean"), atol=1e-12, rtol=0)  # 31 / 6
+    # two micro-batches of two rows (TRL: each micro-batch's token mean / gradient_accumulation_steps)
+    parts = [aggregate(loss[r], mask[r], "bnpo", num_seqs=3) for r in (slice(0, 2), slice(2, 4))]
+    # rows 0-1: mean 7/3 over 2 of the 3 non-empty rows; rows 2-3: mean 8 over 1 of 3
+    torch.testing.assert_close(sum(parts), torch.tensor(7 / 3 * 2 / 3 + 8 / 3, dtype=torch.float64))

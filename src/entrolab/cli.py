@@ -163,8 +163,9 @@ def _setup(threads: int) -> None:
 def _make_task(args, seed: int):
     from entrolab.data import task_of
 
-    if (args.task is None) == (args.env is None):
-        raise ValueError(f"give one of --task NAME or --env NAME, got task={args.task!r}, env={args.env!r}")
+    env = getattr(args, "env", None)  # commands without --env (demo) have a task only
+    if (args.task is None) == (env is None):
+        raise ValueError(f"give one of --task NAME or --env NAME, got task={args.task!r}, env={env!r}")
     return task_of(args, seed)
 
 

@@ -30,7 +30,12 @@ from entrolab.update import (
 )
 
 # Per-token quantities recorded while sampling for the methods that need them (``generate(extras=...)``).
-ROLLOUT_EXTRAS = {"vocab_baseline": discriminator_baseline_from_logits}
+def sum_pi_sq(logits: torch.Tensor) -> torch.Tensor:
+    """sum_v softmax(logits)_v^2 per row, the collision probability (the optimal token baseline's weight).  [b]"""
+    return torch.softmax(logits.float(), -1).square().sum(-1)
+
+
+ROLLOUT_EXTRAS = {"vocab_baseline": discriminator_baseline_from_logits, "sum_pi_sq": sum_pi_sq}
 
 
 def lr_factor(opt_step: int, total: int, warmup_steps: int, schedule: str) -> float:

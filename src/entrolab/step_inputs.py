@@ -270,3 +270,45 @@ __all__ = [
     "select_rows",
     "step_ids",
 ]
+
+
+GREEDY_TOP_P = 1e-12  # nucleus sampling that keeps only the top token: greedy decoding with the sampler's code
+
+
+def greedy_rewards(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    score: Callable[[list[str]], Any],
+    *,
+    group_size: int,
+    max_new_tokens: int,
+    temperature: float,
+    seed: int,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """ReMax's baseline: the reward of one greedy completion of each prompt, repeated over its group.  [B]
+
+    ``score(texts)`` returns the ``Scores`` of the P greedy completions (the run's reward pool, so a failing or
+    hanging reward is reported as for the sampled ones). Decoding keeps only the top token at every step, with a generator of its own so the run's sampling stream is unchanged.
+    """
+    from entrolab.evaluate import decode_completions
+    from entrolab.rollout import generate
+
+    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    rollout = generate(
+        model,
+        tokenizer,
+        list(prompts),
+        group_size=1,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=GREEDY_TOP_P,
+        generator=gen,
+        backend=backend,
+    )
+    scores = score(decode_completions(tokenizer, rollout))
+    if bool(scores.errored.any()):
+        first = next(m for m in scores.messages if m).splitlines()[0]
+        raise RuntimeError(f"the greedy baseline's reward failed on {int(scores.errored.sum())} prompts: {first}")
+    return scores.reward.repeat_interleave(group_size)  # [B]

@@ -55,7 +55,7 @@ from entrolab.self_imitation import SelfImitation
 from entrolab.self_imitation import parse_options as parse_sil_options
 from entrolab.signals import StopFlag
 from entrolab.sinks import make_sinks
-from entrolab.step_inputs import MODEL_NEEDS, info_inputs, pre_update_needs, round_inputs
+from entrolab.step_inputs import MODEL_NEEDS, greedy_rewards, info_inputs, pre_update_needs, round_inputs
 from entrolab.stepstats import seed_everything, step_metrics
 from entrolab.tasks import ANSWER_TAG
 from entrolab.update import Methods, inactive_warnings
@@ -114,6 +114,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, log=p
         raise ValueError(f"rollout={cfg.rollout!r} and self_imitation={cfg.self_imitation} act on episodes: add --env")
     if env_only and cfg.env is None:
         raise ValueError(f"a chosen method needs {env_only}, which only a multi-turn environment supplies: add --env")
+    if cfg.env is not None and "greedy_rewards" in pre_needs:
+        raise ValueError("a chosen method needs greedy_rewards (ReMax's greedy rollout), which is single-turn: drop --env")
     if "prm_logp" in pre_needs and not cfg.prm_model:
         raise ValueError("a chosen method needs prm_logp: give the implicit process reward model with --prm-model DIR")
     if "ref_logp" in methods.needs or cfg.base_kl or {"ref_rewards", "ref_logp"} & pre_needs:
@@ -279,6 +281,18 @@ def _loop(cfg, run, resume, model, tokenizer, others, task, methods, pool, log) 
                     scored = pool.score(texts, rows)
                     spent["rollout"] += t_score - t_draw
                     spent["reward"] += time.perf_counter() - t_score
+                    if "greedy_rewards" in model_needs:  # ReMax: one greedy completion per prompt, scored alike
+                        counts["greedy_rewards"] = greedy_rewards(
+                            model,
+                            tokenizer,
+                            [task.prompt(e) for e in examples],
+                            lambda t, examples=examples: pool.score(t, examples),
+                            group_size=cfg.group_size,
+                            max_new_tokens=cfg.max_new_tokens,
+                            temperature=cfg.temperature,
+                            seed=cfg.seed * 1_000_003 + s["position"],
+                            backend=cfg.backend,
+                        )
                 got = round_inputs(
                     model_needs,
                     model=model,
@@ -361,6 +375,14 @@ def _loop(cfg, run, resume, model, tokenizer, others, task, methods, pool, log) 
                     batch.extras["ref_logp"] = ref
                 if cfg.base_kl:  # E_pi[log pi(y) - log pi_base(y)] over the step's (on-policy) sequences
                     m["kl/seq_to_base"] = float(((batch.old_logp - ref) * batch.model_tokens).sum(-1).mean())
+            if "rollout_logp" in step_methods.needs:  # rollout correction: old_logp becomes the trainer's own
+                batch.extras["rollout_logp"] = batch.old_logp
+                model.eval()
+                proximal = reference_logp(model, batch, cfg.micro_batch_size, cfg.temperature, cfg.backend)
+                batch = batch.replace(old_logp=proximal * batch.attention_mask)
+                m["rollout_corr/max_abs_logp_diff"] = float(
+                    ((proximal - batch.extras["rollout_logp"]).abs() * batch.model_tokens).max()
+                )
             # the entropy change the Entropy Mechanism paper predicts from Cov(log pi, A)
             m.update(entropy_change_prediction(batch.old_logp, advantages, batch.loss_mask, lr=sched.get_last_lr()[0]))
             t2 = time.perf_counter()

@@ -61,6 +61,10 @@ SUPPLIED_NEEDS = {
     "reward_parts": "the K reward components of each sample before they are mixed into one reward [B, K]",
     "rm_heads": "the scores of each head of an ensemble reward model [B, K]",
     "labels": "soft preference labels of the pairs [N] (1: the chosen response is preferred)",
+    "rollout_logp": "the sampler's log-probs [B, T]; asking for them makes old_logp the trainer's own log-probs of "
+    "the policy before the update (one more teacher-forced pass), as verl's old_log_prob and TRL's old_per_token_logps",
+    "greedy_rewards": "the reward of one greedy rollout of each row's prompt [B] (ReMax's baseline)",
+    "sum_pi_sq": "sum_v pi(v | context)^2 of the behaviour policy at each response token [B, T], recorded while sampling",
 }
 
 

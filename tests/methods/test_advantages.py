@@ -123,3 +123,15 @@ def test_unequal_group_sizes_raise_naming_the_sizes(fn, cfg):
         ValueError, match=r"every group must have the same number of samples, got sizes \{0: 3, 1: 2, 2: 2\}"
     ):
         fn(torch.ones(7), torch.ones(7, 1), cfg=cfg, group_id=group_id)
+
+
+def test_grpo_batch_std_divides_by_the_std_of_all_rewards():
+    rewards = torch.tensor([1.0, 0, 0, 1, 1, 1, 1, 0])
+    adv, _ = grpo(
+        rewards, torch.ones(8, 2), cfg=GRPOConfig(std_scope="batch", eps=0.0), group_id=contiguous_groups(8, 4)
+    )
+    std = rewards.std()  # unbiased over the 8 rewards: sqrt(8/7 * 0.234375)
+    expected = torch.tensor([0.5, -0.5, -0.5, 0.5, 0.25, 0.25, 0.25, -0.75]) / std
+    torch.testing.assert_close(adv.squeeze(-1), expected)
+    with pytest.raises(ValueError, match="std_scope must be one of"):
+        GRPOConfig(std_scope="global")

@@ -14,6 +14,7 @@ as ``frac_reward_zero_std``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -30,11 +31,16 @@ class GRPOConfig:
     eps: float = 1e-6
     """Added to the group std before dividing (verl uses 1e-6, TRL 1e-4)."""
     norm_by_std: bool = True
-    """Divide by the group std (GRPO); False leaves r - mean_g, which is Dr.GRPO's advantage."""
+    """Divide by the std (GRPO); False leaves r - mean_g, which is Dr.GRPO's advantage."""
+    std_scope: Literal["group", "batch"] = "group"
+    """Whose std divides: the group's (GRPO), or the whole batch's (TRL ``scale_rewards="batch"``, the
+    "Tricks or Traps" (arXiv:2508.08221) group-mean / batch-std form). The baseline is the group mean either way."""
 
     def __post_init__(self) -> None:
         if not self.eps >= 0:
             raise ValueError(f"grpo eps must be >= 0, got {self.eps}")
+        if self.std_scope not in ("group", "batch"):
+            raise ValueError(f"grpo std_scope must be one of ['group', 'batch'], got {self.std_scope!r}")
 
 
 def _groups(rewards: torch.Tensor, group_id: torch.Tensor) -> tuple[ops.Groups, torch.Tensor]:
@@ -93,7 +99,8 @@ def grpo(
     groups, r = _groups(rewards, group_id)  # [P, G]
     adv = r - r.mean(-1, keepdim=True)  # [P, G]
     if cfg.norm_by_std:
-        adv = adv / (r.std(-1, keepdim=True) + cfg.eps)  # [P, G]
+        std = r.std(-1, keepdim=True) if cfg.std_scope == "group" else r.flatten().std()  # [P, 1] or []
+        adv = adv / (std + cfg.eps)  # [P, G]
     adv = groups.rows(adv).unsqueeze(-1)  # [B, 1]
     return adv, _metrics(adv, r)
 

@@ -12,6 +12,10 @@ n_i = sum_t m_it the valid tokens of sequence i:
     seq-mean-token-mean       sum_i (sum_t m L / n_i) / num_seqs       (original GRPO)
     seq-mean-token-sum        sum_it m L / num_seqs
     seq-mean-token-sum-norm   sum_it m L / (num_seqs * norm_len)      (Dr.GRPO; norm_len a constant)
+    bnpo                      (sum_it m L / sum_it m) * b / num_seqs   (TRL; b, sum m: this micro-batch's)
+
+``bnpo`` is the one exception to the adding-up: it normalises by the micro-batch's own token count, as TRL's
+``loss_type="bnpo"`` does per device and accumulation step, so its value depends on the micro-batching.
 
 Counts are whole numbers, clamped to >= 1, so an empty minibatch gives 0 (verl gives nan).
 """
@@ -25,8 +29,12 @@ import torch
 from entrolab import ops
 from entrolab.registry import register, registered
 
-AggMode = Literal["token-mean", "token-sum", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"]
+AggMode = Literal[
+    "token-mean", "token-sum", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm", "bnpo"
+]
 AGG_MODES: tuple[str, ...] = get_args(AggMode)
+# the modes whose micro-batch values add up to the minibatch's (every mode but bnpo)
+ADDITIVE_MODES: tuple[str, ...] = tuple(m for m in AGG_MODES if m != "bnpo")
 Count = int | float | torch.Tensor
 
 
@@ -173,6 +181,39 @@ def seq_mean_token_sum_norm(
     if norm_len is None or not float(norm_len) > 0:
         raise ValueError(f"seq-mean-token-sum-norm needs norm_len > 0 (the max response length), got {norm_len}")
     return _per(ops.masked_sum(loss, mask), num_seqs) / float(norm_len)
+
+
+@register("aggregation", "bnpo")
+def bnpo(
+    loss: torch.Tensor, mask: torch.Tensor, *, num_tokens: Count, num_seqs: Count, norm_len: Count | None
+) -> torch.Tensor:
+    """Token-mean over the micro-batch's own valid tokens, weighted by its share of the sequences (TRL's bnpo).
+
+    Paper: none, TRL ``loss_type="bnpo"`` ("batch-normalised policy optimisation"): per device and gradient
+    accumulation step, sum_it m L / sum_it m, divided by the number of accumulation steps.
+
+    Args:
+        loss: ``[B, T]`` per-token loss.  mask: ``[B, T]`` 1 on tokens that count.
+        num_seqs: sequences in the whole minibatch that have >= 1 valid token (this micro-batch's share of them
+            replaces TRL's 1 / gradient_accumulation_steps).  num_tokens, norm_len: unused.
+
+    Returns:
+        A scalar tensor (no metrics on this axis).
+
+    Differences from the paper / released code:
+        TRL divides each micro-batch's mean by the number of accumulation steps; here by its share of the
+        minibatch's sequences, the same for equal micro-batches. With one micro-batch this is ``token-mean``;
+        with several it is not (a micro-batch's tokens count by their own count), which is the point of the
+        mode and why it is not micro-batch invariant. TRL's normalisation is per device; here per process.
+
+    Example:
+        >>> loss, mask = torch.tensor([[1.0, 2, 3], [4, 5, 6]]), torch.tensor([[1.0, 1, 0], [1, 0, 0]])
+        >>> round(bnpo(loss, mask, num_tokens=3, num_seqs=4, norm_len=3).item(), 4)
+        1.1667
+    """
+    per_seq = mask.to(loss.dtype).sum(-1)  # [B]
+    share = _per((per_seq > 0).sum().to(loss.dtype), num_seqs)
+    return _per(ops.masked_sum(loss, mask), per_seq.sum()) * share
 
 
 # name -> function, from the registrations above (each mode's name is written once, in its decorator)

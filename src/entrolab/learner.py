@@ -29,6 +29,7 @@ from entrolab.update import (
     slice_stats,
 )
 
+
 # Per-token quantities recorded while sampling for the methods that need them (``generate(extras=...)``).
 def sum_pi_sq(logits: torch.Tensor) -> torch.Tensor:
     """sum_v softmax(logits)_v^2 per row, the collision probability (the optimal token baseline's weight).  [b]"""

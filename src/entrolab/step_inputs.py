@@ -290,7 +290,8 @@ def greedy_rewards(
     """ReMax's baseline: the reward of one greedy completion of each prompt, repeated over its group.  [B]
 
     ``score(texts)`` returns the ``Scores`` of the P greedy completions (the run's reward pool, so a failing or
-    hanging reward is reported as for the sampled ones). Decoding keeps only the top token at every step, with a generator of its own so the run's sampling stream is unchanged.
+    hanging reward is reported as for the sampled ones). Decoding keeps only the top token at every step, with
+    a generator of its own so the run's sampling stream is unchanged.
     """
     from entrolab.evaluate import decode_completions
     from entrolab.rollout import generate

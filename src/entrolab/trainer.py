@@ -24,6 +24,7 @@ Where it departs from the papers (and from verl / TRL):
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
 import time
 from pathlib import Path
@@ -115,7 +116,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, log=p
     if env_only and cfg.env is None:
         raise ValueError(f"a chosen method needs {env_only}, which only a multi-turn environment supplies: add --env")
     if cfg.env is not None and "greedy_rewards" in pre_needs:
-        raise ValueError("a chosen method needs greedy_rewards (ReMax's greedy rollout), which is single-turn: drop --env")
+        raise ValueError("a chosen method needs greedy_rewards (ReMax's greedy rollout), single-turn only: drop --env")
     if "prm_logp" in pre_needs and not cfg.prm_model:
         raise ValueError("a chosen method needs prm_logp: give the implicit process reward model with --prm-model DIR")
     if "ref_logp" in methods.needs or cfg.base_kl or {"ref_rewards", "ref_logp"} & pre_needs:
@@ -286,7 +287,7 @@ def _loop(cfg, run, resume, model, tokenizer, others, task, methods, pool, log) 
                             model,
                             tokenizer,
                             [task.prompt(e) for e in examples],
-                            lambda t, examples=examples: pool.score(t, examples),
+                            functools.partial(pool.score, examples=examples),
                             group_size=cfg.group_size,
                             max_new_tokens=cfg.max_new_tokens,
                             temperature=cfg.temperature,

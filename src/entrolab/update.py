@@ -64,7 +64,7 @@ SUPPLIED_NEEDS = {
     "rollout_logp": "the sampler's log-probs [B, T]; asking for them makes old_logp the trainer's own log-probs of "
     "the policy before the update (one more teacher-forced pass), as verl's old_log_prob and TRL's old_per_token_logps",
     "greedy_rewards": "the reward of one greedy rollout of each row's prompt [B] (ReMax's baseline)",
-    "sum_pi_sq": "sum_v pi(v | context)^2 of the behaviour policy at each response token [B, T], recorded while sampling",
+    "sum_pi_sq": "sum_v pi(v | context)^2 of the behaviour policy at each response token [B, T], recorded at rollout",
 }
 
 

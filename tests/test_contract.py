@@ -45,6 +45,7 @@ OBSERVED = {
     "entropy/topp_peak_mean": 0.7,
     "reward/mean": 0.4,
     "kl/ref_k1_mean": 0.6,
+    "kl_reward/kl": 0.05,
     "erank/er_mean": 4.0,
     "erank/erv_mean": 0.5,
     "erank/era_mean": 0.1,

@@ -91,6 +91,9 @@ STATE_FILE = "entrolab_state.json"
 # what the adapter does not compute: extra model passes (the reference answer, hidden states, an implicit PRM),
 # the base policy's reference responses (PAR), a reward model's heads
 UNSERVED_NEEDS = ("answer_logp", "answer_mask", "hidden_states", "prm_logp", "ref_rewards", "rm_heads")
+# ... nor ReMax's greedy rollout, the collision probability sum_v pi^2, or the sampler's log-probs beside the
+# trainer's (TRL's own vllm_importance_sampling_correction is the rollout correction there)
+UNSERVED_NEEDS += ("greedy_rewards", "sum_pi_sq", "rollout_logp")
 MM_KEYS = ("pixel_values", "image_grid_thw", "num_images", "pixel_attention_mask", "spatial_shapes", "num_tiles")
 MM_KEYS += ("image_sizes", "token_type_ids", "mm_token_type_ids", "image_position_ids")
 
@@ -149,11 +152,11 @@ class EntrolabGRPOTrainer(GRPOTrainer):
         spec, rule, notes = trl_methods(args, methods)
         self.entrolab_methods = spec
         self._methods = Methods(spec)
-        unserved = sorted(pre_update_needs(self._methods) & set(UNSERVED_NEEDS))
+        unserved = sorted((pre_update_needs(self._methods) | set(self._methods.needs)) & set(UNSERVED_NEEDS))
         if unserved:
             raise ValueError(
                 f"a chosen method needs {unserved}, which the TRL adapter does not compute (an extra model pass "
-                "over the generation batch); use `entrolab train`, or choose another method"
+                "or rollout over the generation batch); use `entrolab train`, or choose another method"
             )
         env_only = sorted((pre_update_needs(self._methods) | set(self._methods.needs)) & set(ENV_NEEDS))
         if env_only and not isinstance(kw.get("rollout_func"), EnvRollout):

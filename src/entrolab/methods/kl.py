@@ -5,10 +5,10 @@
 - ``kl_in_reward`` (reward shaper): verl's ``algorithm.use_kl_in_reward``, r - beta sum_t kl_t.
 - ``adaptive_kl`` (schedule): verl's ``AdaptiveKLController`` (Ziegler et al. 2019), setting beta.
 
-Sign convention: with d = log pi - log pi_ref on a token sampled from pi, every estimator estimates
-KL(pi || pi_ref) >= 0. verl's k1 is ``logprob - ref_logprob`` (= d); verl's ``low_var_kl`` and TRL's
-``per_token_kl`` both write k3 from the reversed log-ratio ``ref - logp`` (= -d): exp(-d) + d - 1. Both engines
-add beta * KL to the loss; verl's in-reward penalty subtracts it from the reward.
+Signs: with d = log pi - log pi_ref on a token sampled from pi, every estimator estimates KL(pi || pi_ref).
+verl's k1 is ``logprob - ref_logprob`` (= d); verl's ``low_var_kl`` and TRL's ``per_token_kl`` both write k3
+from the reversed log-ratio ``ref - logp`` (= -d). Both add beta KL to the loss; verl's in-reward penalty
+subtracts it from the reward.
 """
 
 from __future__ import annotations
@@ -65,6 +65,11 @@ def kl_estimate(
     Returns:
         ``[B, T]`` the estimate; its gradient w.r.t. ``logp`` is 1, sign(d), d, 1 - exp(-d) (0 where clamped),
         d for every ``+`` form.
+
+    Differences from the paper / released code:
+        The clamp defaults to verl's (the engine spec these names come from; the ``kl`` regulariser's
+        ``k3_max`` default too); Schulman's k3 and TRL's ``per_token_kl`` have none (``clamp=None``, which
+        TRL's parity test uses). TRL's ``importance_sampling_level="sequence"`` weight is not offered.
 
     Example:
         >>> logp, ref = torch.log(torch.tensor([[0.5, 0.25]])), torch.log(torch.tensor([[0.25, 0.5]]))
@@ -174,10 +179,10 @@ def kl_in_reward(
 
     Differences from the paper / released code:
         verl puts the penalty on every token (token_level_rewards = scores - beta kl_t); here the sequence
-        reward gets the sum. The two agree for outcome advantages that sum the token rewards (GRPO, RLOO,
-        ReMax, REINFORCE++-baseline); they differ for token-level returns (GAE, REINFORCE++ return-to-go,
-        more so with gamma < 1), where verl's token t sees only the KL from t on. The paper's KL is the
-        sequence log-ratio (k1 summed), the default here; verl's estimators and k3 clamp are options.
+        reward gets the sum. The two agree for advantages that sum the token rewards (verl's GRPO, RLOO,
+        OPO, GPG, REINFORCE++-baseline); they differ for return-to-go ones (GAE, REINFORCE++, ReMax, more
+        so with gamma < 1), where verl's token t sees only the KL from t on. The paper's KL is the sequence
+        log-ratio (k1 summed), the default here; verl's estimators and k3 clamp are options.
 
     Example:
         >>> old, ref = torch.tensor([[-1.0, -2.0, 0.0]]), torch.tensor([[-1.5, -1.0, 9.0]])
@@ -193,7 +198,7 @@ def kl_in_reward(
     penalty = coef * kl.sum(-1)  # [B]
     metrics = {
         "kl_reward/kl": ops.masked_mean(kl, mask, dim=-1).mean(),
-        "kl_reward/coef": torch.tensor(coef),
+        "kl_reward/coef": torch.tensor(coef, dtype=kl.dtype),
         "kl_reward/penalty": penalty.mean(),
     }
     return rewards - penalty.to(rewards.dtype), metrics

@@ -8,15 +8,16 @@ do). Entries where ``mask`` is 0 are exactly 0 and their inputs are never read.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
 from entrolab import ops
+from entrolab.methods.kl import KL_ESTIMATORS, KLEstimator, kl_estimate
 from entrolab.registry import register
 
-KLEstimator = Literal["k1", "k2", "k3"]
-"""log(pi_ref / pi) is clamped to [-20, 20] before exp in k3, as verl's ``low_var_kl`` does."""
+# the estimators of the loss term: every one of kl_estimate's but the importance-weighted *_is forms, which are
+# ratio_weighted=True here
+LOSS_ESTIMATORS = tuple(e for e in KL_ESTIMATORS if not e.endswith("_is"))
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,8 @@ class KLConfig:
     coef: float = 0.001
     """Weight of the KL term (verl ``kl_loss_coef`` default 0.001; TRL ``beta`` default 0)."""
     estimator: KLEstimator = "k3"
-    """Per-token estimator of KL(pi || pi_ref) from sampled tokens: k1, k2 or k3 (Schulman, 2020)."""
+    """Per-token estimator of KL(pi || pi_ref) from sampled tokens: k1, k2, k3 (Schulman, 2020), verl's names for
+    them (kl, mse, low_var_kl), abs, and the straight-through ``+`` forms (value of one, k2's gradient)."""
     k3_max: float | None = 10.0
     """Upper clamp of the k3 value (verl clamps ``low_var_kl`` to [-10, 10]; k3 >= 0). None: no clamp."""
     ratio_weighted: bool = False
@@ -36,8 +38,10 @@ class KLConfig:
     def __post_init__(self) -> None:
         if not self.coef >= 0:
             raise ValueError(f"kl coef must be >= 0, got {self.coef}")
-        if self.estimator not in ("k1", "k2", "k3"):
-            raise ValueError(f"kl estimator must be one of ['k1', 'k2', 'k3'], got {self.estimator!r}")
+        if self.estimator not in LOSS_ESTIMATORS:
+            raise ValueError(f"kl estimator must be one of {list(LOSS_ESTIMATORS)}, got {self.estimator!r}")
+        if self.ratio_weighted and self.estimator not in ("k1", "k2", "k3"):
+            raise ValueError(f"kl ratio_weighted takes estimator k1, k2 or k3, got {self.estimator!r}")
         if self.k3_max is not None and not self.k3_max > 0:
             raise ValueError(f"kl k3_max must be > 0 or None, got {self.k3_max}")
 
@@ -78,10 +82,11 @@ def kl(
         masked mean of k (the estimate itself, without coef).
 
     Differences from the paper / released code:
-        As verl ``kl_penalty`` (``kl|k1``, ``mse|k2``, ``low_var_kl|k3``), including its clamps for k3 (log-
-        ratio to +-20, value to at most ``k3_max``; the value clamp zeroes the gradient beyond 10). verl's
-        ``abs``, ``full`` and straight-through ``+`` variants are not offered. TRL's k3 has no clamp
-        (``k3_max=None``).
+        As verl ``kl_penalty`` for every estimator it names (``kl|k1``, ``abs``, ``mse|k2``, ``low_var_kl|k3`` and
+        their ``+`` forms; see :func:`entrolab.methods.kl.kl_estimate`), including its clamps for k3 (log-ratio
+        to +-20, value to at most ``k3_max``; the value clamp zeroes the gradient beyond 10). verl's ``full``
+        raises NotImplementedError in verl and is not offered. TRL's k3 has no clamp (``k3_max=None`` drops
+        every clamp); TRL 1.16's default ``use_bias_correction_kl=True`` is ``ratio_weighted=True``.
 
     Example:
         >>> logp, ref = torch.log(torch.tensor([[0.5, 0.25]])), torch.log(torch.tensor([[0.25, 0.5]]))
@@ -92,20 +97,10 @@ def kl(
     """
     if ref_logp is None:
         raise ValueError("regularizer 'kl' needs ref_logp (log-probs under the frozen reference policy)")
-    d = torch.where(mask.bool(), logp - ref_logp, 0.0)  # [B, T]
-    if cfg.estimator == "k1":
-        k = d  # [B, T]
-    elif cfg.estimator == "k2":
-        k = 0.5 * d.square()  # [B, T]
-    else:
-        neg = (-d).clamp(-ops.LOG_RATIO_CLAMP, ops.LOG_RATIO_CLAMP)  # [B, T] log(pi_ref / pi)
-        k = torch.exp(neg) - neg - 1.0  # [B, T]
-        if cfg.k3_max is not None:
-            k = k.clamp(max=cfg.k3_max)  # [B, T]
+    k = kl_estimate(logp, ref_logp, cfg.estimator, mask=mask, clamp=cfg.k3_max)  # [B, T]
     metrics = {"kl/ref_mean": ops.masked_mean(k.detach(), mask)}
-    if cfg.ratio_weighted:
-        log_ratio = torch.where(mask.bool(), logp - old_logp, 0.0).clamp(-ops.LOG_RATIO_CLAMP, ops.LOG_RATIO_CLAMP)
-        k = k * torch.exp(log_ratio)  # [B, T]
+    if cfg.ratio_weighted:  # the estimate times pi / pi_old, with its gradient (TRL's bias-corrected KL)
+        k = kl_estimate(logp, ref_logp, f"{cfg.estimator}_is", mask=mask, old_logp=old_logp, clamp=cfg.k3_max)
     return cfg.coef * k, metrics
 
 

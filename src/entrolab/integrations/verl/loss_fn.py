@@ -38,6 +38,8 @@ UNSUPPORTED_NEEDS = {
     "group_id": "the actor's micro-batches carry no prompt uids, so groups cannot be found there",
     "copo_global_adv": "verl's advantage estimator cannot hand extra tensors to the policy loss",
     "copo_weight": "verl's advantage estimator cannot hand extra tensors to the policy loss",
+    "rollout_logp": "verl corrects the rollout itself: use its algorithm.rollout_correction (the same weights)",
+    "sum_pi_sq": "verl's rollout does not record sum_v pi^2 per token for the entrolab loss",
 }
 GATHERED = ("attention_mask", "loss_mask", "old_logp", "old_entropy", "advantages", "token_weight")
 

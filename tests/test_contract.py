@@ -104,6 +104,10 @@ def _inputs(seed: int = 0) -> dict[str, torch.Tensor]:
         "progress": torch.rand(B, T, generator=g) * mask,  # [B, T] progress estimates on step ends
         "turns": torch.tensor([3, 2, 1, 0, 3, 3, 1, 2]),
         "tool_calls": torch.tensor([2, 1, 0, 0, 2, 1, 0, 1]),
+        # the sampler's log-probs beside the trainer's (rollout correction), ReMax's greedy rewards, sum_v pi^2
+        "rollout_logp": torch.log_softmax(logits + 0.05 * torch.randn(logits.shape, generator=g), -1)[..., 0],
+        "greedy_rewards": torch.randint(0, 2, (B,), generator=g).float(),
+        "sum_pi_sq": torch.softmax(logits, -1).square().sum(-1),  # [B, T]
     }
 
 
@@ -266,7 +270,7 @@ def test_docstring_examples_run(module: str) -> None:
 
 
 def test_unknown_name_lists_known_ones() -> None:
-    known = r"known: aem, aepo_adv, canon, copo, dr_grpo, empg, erank, gdpo, gigpo, grpo, "
+    known = r"known: aem, aepo_adv, canon, copo, dr_grpo, empg, erank, gdpo, gigpo, gpg, grpo, "
     with pytest.raises(ValueError, match=known) as err:
         catalogue.get("advantage", "gpro")
     assert "package.module:function" in str(err.value)

@@ -33,9 +33,14 @@ def verl_names() -> dict[str, set[str]]:
     from verl.trainer.ppo import core_algos
 
     kl = _choices(inspect.getsource(core_algos.kl_penalty_forward), "kl_penalty")
+    ours = "entrolab."  # entrolab.integrations.verl registers the catalogue's methods there under this prefix
     return {
-        "policy_loss": set(core_algos.POLICY_LOSS_REGISTRY),
-        "advantage": {str(getattr(k, "value", k)) for k in core_algos.ADV_ESTIMATOR_REGISTRY},
+        "policy_loss": {k for k in core_algos.POLICY_LOSS_REGISTRY if not k.startswith(ours)},
+        "advantage": {
+            str(getattr(k, "value", k))
+            for k in core_algos.ADV_ESTIMATOR_REGISTRY
+            if not str(getattr(k, "value", k)).startswith(ours)
+        },
         "kl_estimator": kl - {"full"},  # verl raises NotImplementedError for "full"
     }
 

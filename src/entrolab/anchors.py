@@ -25,6 +25,7 @@ Kind = Literal[
     "scale_rewards",
     "multi_objective_aggregation",
     "vllm_importance_sampling_mode",
+    "option",
 ]
 
 
@@ -49,18 +50,27 @@ COUNTERPARTS: dict[tuple[Engine, Kind, str], Counterpart] = {
     ),
     ("verl", "policy_loss", "gspo"): _c("policy_loss:gspo"),
     ("verl", "policy_loss", "geo_mean"): _c("policy_loss:gmpo"),
-    ("verl", "policy_loss", "cispo"): _c("policy_loss:cispo"),
-    ("verl", "policy_loss", "sapo"): _c("policy_loss:sapo"),
-    ("verl", "policy_loss", "dppo_tv"): _c("policy_loss:dppo_tv"),
-    ("verl", "policy_loss", "dppo_kl"): _c("policy_loss:dppo_kl"),
+    ("verl", "policy_loss", "cispo"): _c(
+        "policy_loss:cispo", options=("cispo.eps_low=0.2",), note="verl's clip_ratio_low=0.2 also bounds r below"
+    ),
+    ("verl", "policy_loss", "sapo"): _c(
+        "policy_loss:sapo", "aggregation:seq-mean-token-mean", note="verl ignores loss_agg_mode for sapo"
+    ),
+    ("verl", "policy_loss", "dppo_tv"): _c(
+        "policy_loss:dppo_tv", options=("dppo_tv.is_cap=3.0",), note="verl's clip_ratio_c=3.0 truncates the weight"
+    ),
+    ("verl", "policy_loss", "dppo_kl"): _c(
+        "policy_loss:dppo_kl", options=("dppo_kl.is_cap=3.0",), note="verl's clip_ratio_c=3.0 truncates the weight"
+    ),
     ("verl", "policy_loss", "dro"): _c("policy_loss:dro"),
     ("verl", "policy_loss", "gpg"): _c("policy_loss:gpg"),
     ("verl", "policy_loss", "clip_cov"): _c("policy_loss:clip_cov"),
     ("verl", "policy_loss", "kl_cov"): _c("policy_loss:kl_cov"),
     ("verl", "policy_loss", "bypass_mode"): _c(
+        "policy_loss:reinforce_is",
         "policy_loss:ppo_clip",
-        "token_filter:rollout_is",
-        note="entrolab's old_logp is the sampler's by default, which is verl's bypass mode (pi_old = pi_rollout)",
+        note="entrolab's old_logp is the sampler's by default, which is verl's bypass mode (pi_old = pi_rollout): "
+        "its ppo_clip loss is ppo_clip, its reinforce loss reinforce_is",
     ),
     # --- verl advantage estimators (core_algos.ADV_ESTIMATOR_REGISTRY) -------------------------------------
     ("verl", "advantage", "grpo"): _c("advantage:grpo"),
@@ -75,6 +85,7 @@ COUNTERPARTS: dict[tuple[Engine, Kind, str], Counterpart] = {
     ("verl", "advantage", "opo"): _c("advantage:opo"),
     ("verl", "advantage", "gpg"): _c("advantage:gpg"),
     ("verl", "advantage", "optimal_token_baseline"): _c("advantage:optimal_token_baseline"),
+    ("verl", "advantage", "tir_optimal_token_baseline"): _c("advantage:tir_optimal_token_baseline"),
     # --- verl KL estimators (core_algos.kl_penalty) ---------------------------------------------------------
     **{
         ("verl", "kl_estimator", name): _c(
@@ -87,7 +98,12 @@ COUNTERPARTS: dict[tuple[Engine, Kind, str], Counterpart] = {
     ("trl", "loss_type", "bnpo"): _c("policy_loss:ppo_clip", "aggregation:bnpo"),
     ("trl", "loss_type", "dr_grpo"): _c("policy_loss:ppo_clip", "aggregation:seq-mean-token-sum-norm"),
     ("trl", "loss_type", "dapo"): _c("policy_loss:ppo_clip", "aggregation:token-mean"),
-    ("trl", "loss_type", "cispo"): _c("policy_loss:cispo", "aggregation:token-mean"),
+    ("trl", "loss_type", "cispo"): _c(
+        "policy_loss:cispo",
+        "aggregation:token-mean",
+        options=("cispo.bounds='trl'",),
+        note="TRL's epsilon_high is the cap on r itself: cispo.eps_high = epsilon_high",
+    ),
     ("trl", "loss_type", "sapo"): _c("policy_loss:sapo", "aggregation:seq-mean-token-mean"),
     ("trl", "loss_type", "luspo"): _c("policy_loss:luspo"),
     ("trl", "loss_type", "vespo"): _c("policy_loss:vespo"),
@@ -102,15 +118,22 @@ COUNTERPARTS: dict[tuple[Engine, Kind, str], Counterpart] = {
         ("trl", "vllm_importance_sampling_mode", mode): _c("token_filter:rollout_is")
         for mode in ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
     },
+    # --- TRL GRPOConfig options that are methods here ---------------------------------------------------------
+    ("trl", "option", "delta"): _c(
+        "policy_loss:ppo_clip", note="INTELLECT-2's two-sided clip: ppo_clip.dual_clip_c = delta (> 1 + epsilon_high)"
+    ),
+    ("trl", "option", "off_policy_mask_threshold"): _c(
+        "policy_loss:ppo_clip_opmask", note="ppo_clip_opmask.threshold = off_policy_mask_threshold"
+    ),
+    ("trl", "option", "use_bias_correction_kl"): _c("regularizer:kl", options=("kl.ratio_weighted=True",)),
+    ("trl", "option", "top_entropy_quantile"): _c("token_filter:forking_tokens"),
+    ("trl", "option", "vllm_importance_sampling_correction"): _c("token_filter:rollout_is"),
+    ("trl", "option", "use_adaptive_entropy"): _c("regularizer:entropy_bonus", "schedule:adaptive_entropy"),
 }
 
 EXCLUSIONS: dict[tuple[Engine, Kind, str], str] = {
     ("verl", "advantage", "gae"): (
         "needs a learned critic (a value model trained beside the policy); entrolab trains critic-free methods only"
-    ),
-    ("verl", "advantage", "tir_optimal_token_baseline"): (
-        "the optimal token baseline over multi-turn tool-integrated trajectories of verl's agent loop; "
-        "the single-turn estimator is optimal_token_baseline"
     ),
 }
 

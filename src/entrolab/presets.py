@@ -148,6 +148,48 @@ PRESET_PARTS: dict[str, Preset] = {
     "marble": Preset(method=dict(advantage="marble")),
     # Best-of-N (arXiv:2404.01730): only each group's best sample enters the loss
     "best_of_n": Preset(method=dict(samplers=("best_of_n",))),
+    # --- the anchor engines' losses and estimators (verl 0.9.1, TRL 1.16), named as the engines name them ------
+    # GSPO (arXiv:2507.18071): one clipped ratio per sequence (the paper's eps 3e-4 / 4e-4), sequence-mean
+    "gspo": Preset(method=dict(policy_loss="gspo", aggregation="seq-mean-token-mean")),
+    # GMPO (arXiv:2507.20673): the geometric mean of the clipped token ratios (verl geo_mean), eps 0.4 in log space
+    "gmpo": Preset(method=dict(policy_loss="gmpo", aggregation="seq-mean-token-mean")),
+    # LUSPO (arXiv:2602.05261): GSPO's ratio, each sequence weighted by its length (TRL loss_type="luspo")
+    "luspo": Preset(method=dict(policy_loss="luspo", aggregation="seq-mean-token-sum")),
+    # VESPO (arXiv:2602.10693): a smooth sequence-level weight instead of clipping (TRL loss_type="vespo")
+    "vespo": Preset(method=dict(policy_loss="vespo", aggregation="token-mean")),
+    # TRL's bnpo: PPO-clip, each micro-batch's token mean
+    "bnpo": Preset(method=dict(aggregation="bnpo")),
+    # KL to the reference as a reward penalty before the advantage (verl use_kl_in_reward, fixed controller)
+    "kl_in_reward": Preset(method=dict(reward_shapers=("kl_in_reward",))),
+    # CISPO (arXiv:2506.13585, MiniMax-M1): REINFORCE with the clipped, detached IS weight; token-level mean
+    "cispo": Preset(method=dict(policy_loss="cispo", aggregation="token-mean")),
+    # SAPO (arXiv:2511.20347): a soft sigmoid gate on the ratio, temperatures by the advantage's sign
+    "sapo": Preset(method=dict(policy_loss="sapo", aggregation="seq-mean-token-mean")),
+    # DPPO (arXiv:2602.04879): a trust region on the total-variation / KL divergence of the sampled token
+    "dppo_tv": Preset(method=dict(policy_loss="dppo_tv")),
+    "dppo_kl": Preset(method=dict(policy_loss="dppo_kl")),
+    # DRO (arXiv:2405.19107): the advantage-weighted log-ratio with a quadratic log-ratio penalty (verl dro)
+    "dro": Preset(method=dict(policy_loss="dro")),
+    # GPG (arXiv:2504.02546): plain policy gradient on the group-mean advantage, rescaled by the valid fraction
+    "gpg": Preset(method=dict(policy_loss="gpg", advantage="gpg")),
+    # REINFORCE++ (arXiv:2501.03262): discounted returns whitened over the batch, no critic, no group baseline
+    "reinforce_pp": Preset(method=dict(advantage="reinforce_pp")),
+    # REINFORCE++-baseline: the group mean subtracted, then whitened over the batch
+    "reinforce_pp_baseline": Preset(method=dict(advantage="reinforce_pp_baseline")),
+    # OPO (arXiv:2505.23585): the length-weighted group baseline (the optimal baseline for on-policy updates)
+    "opo": Preset(method=dict(advantage="opo")),
+    # ReMax (arXiv:2310.10505): the reward of a greedy rollout of the prompt as the baseline
+    "remax": Preset(method=dict(advantage="remax")),
+    # GDPO (arXiv:2601.05242): each reward component normalised in its group, then summed (needs reward parts)
+    "gdpo": Preset(method=dict(advantage="gdpo")),
+    # verl's pass@k advantage: the leave-one-out gain of each sample to its group's best reward
+    "grpo_passk": Preset(method=dict(advantage="grpo_passk")),
+    # verl's optimal token baseline: per-token baselines weighted by the variance proxy (1 - 2 pi + sum pi^2)
+    "optimal_token_baseline": Preset(method=dict(advantage="optimal_token_baseline")),
+    # truncated importance sampling (TIS) of the sampler/trainer mismatch, on the recomputed old log-probs
+    "rollout_is": Preset(method=dict(token_filters=("rollout_is",))),
+    # DeepSeek-V3.2 (arXiv:2512.02556) off-policy sequence masking on PPO-clip (TRL off_policy_mask_threshold)
+    "opsm": Preset(method=dict(policy_loss="ppo_clip_opmask")),
     # --- entropy control ------------------------------------------------------------------------------------
     # a static entropy bonus (the standard baseline of every entropy paper)
     "entropy_bonus": Preset(method=dict(regularizers=("entropy_bonus",), options=("entropy_bonus.coef=0.001",))),

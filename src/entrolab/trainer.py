@@ -254,7 +254,8 @@ def _loop(cfg, run, resume, model, tokenizer, others, task, methods, pool, log) 
                 examples = prompts_at(task, cfg.seed, s["position"], cfg.prompts_per_step)
                 s["position"] += cfg.prompts_per_step
                 rows = [e for e in examples for _ in range(cfg.group_size)]
-                extras = {k: ROLLOUT_EXTRAS[k] for k in step_methods.needs if k in ROLLOUT_EXTRAS}
+                wanted = set(step_methods.needs) | model_needs  # the trained methods' and the advantage's
+                extras = {k: ROLLOUT_EXTRAS[k] for k in sorted(wanted) if k in ROLLOUT_EXTRAS}
                 counts: dict[str, torch.Tensor] = {}
                 if cfg.env is not None:  # multi-turn episodes, scored by the environment turn by turn
                     env_seed = cfg.seed * 100_003 + s["position"]

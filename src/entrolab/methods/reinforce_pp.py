@@ -30,7 +30,7 @@ class ReinforcePPConfig:
     """Options of REINFORCE++'s discounted, globally whitened return."""
 
     gamma: float = 1.0
-    """Discount per response token (verl ``algorithm.gamma`` = 1.0, OpenRLHF's default too); in [0, 1]."""
+    """Discount per response token (verl ``algorithm.gamma`` = 1.0); in [0, 1]."""
     whiten_eps: float = 1e-8
     """Added to the batch variance before the reciprocal square root (verl ``masked_whiten``)."""
 
@@ -70,7 +70,7 @@ def reinforce_pp(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """REINFORCE++: discounted return of the outcome reward, whitened over all response tokens of the batch.
 
-    Paper: REINFORCE++, arXiv:2501.03262, §3 (token reward r_t = 1[t = last] r - beta KL_t, return
+    Paper: REINFORCE++, arXiv:2501.03262 (token reward r_t = 1[t = last] r - beta KL_t, return
     G_t = sum_{s >= t} gamma^(s - t) r_s) and the global advantage normalisation
     A_t = (G_t - mean_batch G) / std_batch G over every response token of the batch:
 
@@ -125,7 +125,7 @@ def reinforce_pp_baseline(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """REINFORCE++-baseline: r - mean_g r, then whitened over all response tokens of the batch.
 
-    Paper: REINFORCE++, arXiv:2501.03262, §3.2 (REINFORCE++ w/ baseline, k > 1 samples per prompt):
+    Paper: REINFORCE++, arXiv:2501.03262 (REINFORCE++ w/ baseline, k > 1 samples per prompt):
     A'_i = r_i - mean_g r, then the global normalisation A_i = (A'_i - mu) / sigma, where mu and sigma are the
     mean and std of A' over every response token of the batch (each sequence weighted by its length L_i):
 
@@ -151,7 +151,7 @@ def reinforce_pp_baseline(
         >>> adv, _ = reinforce_pp_baseline(torch.tensor([1.0, 0.0, 1.0, 1.0]), torch.ones(4, 2),
         ...                                cfg=ReinforcePPBaselineConfig(), group_id=ops.contiguous_groups(4, 2))
         >>> [round(a, 4) for a in adv.squeeze(-1).tolist()]
-        [1.5275, -1.5275, 0.0, 0.0]
+        [1.3229, -1.3229, 0.0, 0.0]
     """
     groups, r = _groups(rewards, group_id)  # [P, G]
     centred = groups.rows(r - r.mean(-1, keepdim=True))  # [B]
@@ -180,7 +180,7 @@ def remax(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """ReMax: the reward minus the reward of a greedy rollout of the same prompt, A_i = r_i - r(x_i, y_greedy).
 
-    Paper: ReMax, arXiv:2310.10505, Algorithm 1 / Eq. (6): REINFORCE with the baseline b(x) = r(x, y_bar), y_bar
+    Paper: ReMax, arXiv:2310.10505 (its Algorithm 1): REINFORCE with the baseline b(x) = r(x, y_bar), y_bar
     the greedy (argmax) response to the prompt x, recomputed from the current policy at every step.
 
     Args:

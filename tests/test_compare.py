@@ -192,3 +192,44 @@ def test_compare_on_an_environment_and_train_the_spear_recipe_from_the_cli(tiny_
     )
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()[1:]]
     assert len(rows) == 2 and all("spear/tool_weight" in r and "sil/held" in r for r in rows)
+
+
+ANCHOR_PRESETS = (
+    "gspo,gmpo,cispo,sapo,dppo_tv,dppo_kl,dro,gpg,luspo,vespo,bnpo,reinforce_pp,reinforce_pp_baseline,opo,remax,"
+    "grpo_passk,optimal_token_baseline,kl_in_reward,rollout_is,opsm"
+)
+
+
+@pytest.mark.slow
+def test_every_anchor_preset_runs_two_steps_from_the_cli(tiny_dir, tmp_path):
+    """verl's and TRL's losses and estimators, as presets, 2 steps each through `entrolab compare` (gdpo needs a
+    reward model's parts: it runs in tests/test_trainer.py's preset test with one)."""
+    cmp = tmp_path / "cmp_anchors"
+    small = ["--set", "prompts_per_step=2", "group_size=4", "max_new_tokens=6", "eval_samples=2", "eval_prompts=2"]
+    entrolab(
+        "compare",
+        "--task",
+        "arithmetic",
+        "--out",
+        str(cmp),
+        "--model",
+        str(tiny_dir),
+        "--methods",
+        ANCHOR_PRESETS,
+        "--seeds",
+        "1",
+        "--steps",
+        "2",
+        "--eval-every",
+        "2",
+        "--workers",
+        "2",
+        "--no-progress",
+        *small,
+        timeout=1200,
+    )
+    for method in ANCHOR_PRESETS.split(","):
+        rows = [json.loads(x) for x in (cmp / method / "seed0" / "metrics.jsonl").read_text().splitlines()[1:]]
+        assert len(rows) == 2, method
+        summary = json.loads((cmp / method / "seed0" / "summary.json").read_text())
+        assert "pass@1" in summary["final_eval"], method

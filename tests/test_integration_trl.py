@@ -181,11 +181,33 @@ def test_kl_beta_matches_trl_kl_with_bias_correction(tiny_dir, tmp_path):
         torch.testing.assert_close(a, b, **TOL)
 
 
+TRL_OWN = [  # TRL settings whose loss is one of the catalogue's own policy losses (issue 18)
+    (dict(loss_type="cispo", epsilon_high=4.0), "cispo"),
+    (dict(loss_type="sapo"), "sapo"),
+    (dict(loss_type="vespo"), "vespo"),
+    (dict(loss_type="dapo", importance_sampling_level="sequence", epsilon=3e-4, epsilon_high=4e-4), "gspo"),
+    (dict(loss_type="grpo", importance_sampling_level="sequence", epsilon=3e-4, epsilon_high=4e-4), "gspo"),
+    (dict(loss_type="luspo", importance_sampling_level="sequence", epsilon=3e-4, epsilon_high=4e-4), "luspo"),
+    (dict(loss_type="dapo", delta=1.5), "ppo_clip"),
+    (dict(loss_type="dapo", off_policy_mask_threshold=0.05), "ppo_clip_opmask"),
+]
+
+
+@pytest.mark.parametrize(("settings", "policy"), TRL_OWN, ids=[p for _, p in TRL_OWN])
+@pytest.mark.parametrize("ga", [1, 2])
+def test_trl_loss_types_map_to_the_catalogue_and_match_trl(tiny_dir, tmp_path, settings, policy, ga):
+    tr = _trainer(tiny_dir, tmp_path, gradient_accumulation_steps=ga, **settings)
+    assert tr.entrolab_methods.policy_loss == policy
+    _parity(tr, ga, seed=10 + ga)
+
+
 def test_unsupported_trl_settings_fail_before_any_work(tmp_path):
-    with pytest.raises(ValueError, match="loss_type='sapo'"):
-        trl_methods(_args(tmp_path, loss_type="sapo"), None)
-    with pytest.raises(ValueError, match="importance_sampling_level"):
-        trl_methods(_args(tmp_path, importance_sampling_level="sequence"), None)
+    with pytest.raises(ValueError, match="importance_sampling_level='sequence' with loss_type='sapo'"):
+        trl_methods(_args(tmp_path, loss_type="sapo", importance_sampling_level="sequence"), None)
+    with pytest.raises(ValueError, match="delta"):
+        trl_methods(_args(tmp_path, loss_type="cispo", delta=2.0), None)
+    with pytest.raises(ValueError, match="multi_objective_aggregation"):
+        trl_methods(_args(tmp_path, multi_objective_aggregation="normalize_then_sum"), None)
     with pytest.raises(ValueError, match="unknown option"):
         trl_methods(_args(tmp_path), {"policy_loss": "steer", "options": ["steer.w_max=1.2"]})
     with pytest.raises(ValueError, match="unknown key"):

@@ -7,9 +7,8 @@ not contiguous), an ``AlgoConfig``, and the estimator's extra inputs (``reward_b
 in fp32 itself (``grpo_vectorized``'s ``group_mean_std``, ``gdpo``'s per-component scores): there 1e-5.
 (verl's ``gpg`` computes its alpha as an fp32 tensor: ~1e-7 off an fp64 value, inside 1e-6.)
 
-Where entrolab's existing estimator differs from verl (``gdpo``: sequence-level batch normalisation with
-std + eps, as TRL and the paper's code; verl whitens over tokens) the test pins the difference down: the per-group
-stage matches exactly, and no option reproduces verl's batch step.
+``gdpo``'s default batch step is the paper's and TRL's (sequence-level, std + eps); verl whitens over tokens,
+which is ``gdpo.batch_stats="tokens"``: the tests check both that the default differs and that the option matches.
 """
 
 from __future__ import annotations
@@ -146,6 +145,9 @@ def test_gdpo_group_stage_matches_verl_and_batch_step_differs(verl, seed):
     torch.testing.assert_close(_verl_whiten(summed, mask), ref.double() * mask, **TOL_FP32)
     ours, _ = gdpo(rewards, mask, cfg=GdpoConfig(weights=(1.0, 0.5)), group_id=gid, reward_parts=parts)
     assert (_on_mask(ours, mask) - ref * mask).abs().max() > 1e-3  # sequence-level vs token-level batch step
+    verl_like = GdpoConfig(weights=(1.0, 0.5), batch_stats="tokens")
+    ours, _ = gdpo(rewards, mask, cfg=verl_like, group_id=gid, reward_parts=parts)
+    torch.testing.assert_close(_on_mask(ours, mask), ref.double() * mask, **TOL_FP32)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -156,6 +158,8 @@ def test_gdpo_one_component_is_grpo_then_verls_token_whitening(verl, seed):
     ref, _ = core_algos.get_adv_estimator_fn("gdpo")(token_level_rewards=scores, response_mask=mask, index=uid)
     summed, _ = gdpo(rewards, mask, cfg=GdpoConfig(batch_norm=False), group_id=gid, reward_parts=rewards[:, None])
     torch.testing.assert_close(_verl_whiten(summed, mask), ref * mask, **TOL)
+    ours, _ = gdpo(rewards, mask, cfg=GdpoConfig(batch_stats="tokens"), group_id=gid, reward_parts=rewards[:, None])
+    torch.testing.assert_close(_on_mask(ours, mask), ref * mask, **TOL)
 
 
 # ---------------------------------------------------------------------------------------------- new methods

@@ -77,7 +77,7 @@ COUNTERPARTS: dict[tuple[Engine, Kind, str], Counterpart] = {
     ("verl", "advantage", "grpo_vectorized"): _c("advantage:grpo", note="the same estimator, vectorised"),
     ("verl", "advantage", "rloo"): _c("advantage:rloo"),
     ("verl", "advantage", "rloo_vectorized"): _c("advantage:rloo", note="the same estimator, vectorised"),
-    ("verl", "advantage", "gdpo"): _c("advantage:gdpo"),
+    ("verl", "advantage", "gdpo"): _c("advantage:gdpo", options=("gdpo.batch_stats='tokens'",)),
     ("verl", "advantage", "grpo_passk"): _c("advantage:grpo_passk"),
     ("verl", "advantage", "reinforce_plus_plus"): _c("advantage:reinforce_pp"),
     ("verl", "advantage", "reinforce_plus_plus_baseline"): _c("advantage:reinforce_pp_baseline"),

@@ -204,3 +204,21 @@ def test_bad_inputs_and_config():
         GdpoConfig(reduce="max")
     with pytest.raises(ValueError, match="eps must be >= 0"):
         GdpoConfig(eps=-1.0)
+
+
+def test_gdpo_token_batch_stats_weight_each_sequence_by_its_length():
+    import torch
+
+    from entrolab.methods.marble import GdpoConfig, gdpo
+
+    parts = torch.tensor([[1.0], [0.0], [1.0], [0.0]], dtype=torch.float64)
+    mask = torch.tensor([[1.0, 1, 1], [1, 0, 0], [1, 0, 0], [1, 1, 0]], dtype=torch.float64)  # lengths 3, 1, 1, 2
+    gid = torch.zeros(4).long()
+    s, _ = gdpo(parts[:, 0], mask, cfg=GdpoConfig(batch_norm=False), group_id=gid, reward_parts=parts)
+    adv, _ = gdpo(parts[:, 0], mask, cfg=GdpoConfig(batch_stats="tokens"), group_id=gid, reward_parts=parts)
+    n = torch.tensor([3.0, 1, 1, 2], dtype=torch.float64)
+    mean = (s.squeeze(1) * n).sum() / 7
+    var = ((s.squeeze(1) - mean).square() * n).sum() / 6  # Bessel over the 7 tokens
+    torch.testing.assert_close(adv.squeeze(1), (s.squeeze(1) - mean) / torch.sqrt(var + 1e-8))
+    with pytest.raises(ValueError, match="batch_stats must be one of"):
+        GdpoConfig(batch_stats="rows")

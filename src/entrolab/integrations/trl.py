@@ -413,7 +413,8 @@ class EntrolabGRPOTrainer(GRPOTrainer):
         if inputs.get("ref_per_token_logps") is not None:
             extras["ref_logp"] = inputs["ref_per_token_logps"]
         weight = micro.weight
-        if inputs.get("importance_sampling_ratio") is not None:  # TRL's vLLM importance-sampling correction
+        # TRL's vLLM importance-sampling correction (TRL leaves vespo's loss unweighted: vespo folds it in its w)
+        if inputs.get("importance_sampling_ratio") is not None and self.entrolab_methods.policy_loss != "vespo":
             weight = weight * inputs["importance_sampling_ratio"]
         micro = micro.replace(extras=extras, token_weight=weight, **changes)
         train = mode == "train"

@@ -27,8 +27,11 @@ AGGREGATION_OF = {
     "dapo": "token-mean",
     "bnpo": "token-mean",  # per micro-batch token count (count rule "micro_batch")
     "luspo": "seq-mean-token-sum",
+    "cispo": "token-mean",
+    "sapo": "seq-mean-token-mean",
+    "vespo": "token-mean",
 }
-OWN_LOSSES = ("cispo", "sapo", "vespo")  # TRL per-token losses entrolab does not have yet
+OWN_LOSSES = ("cispo", "sapo", "vespo")  # TRL's loss types with a policy loss of their own (not the clip)
 CountRule = Literal["window", "micro_batch"]
 
 
@@ -51,25 +54,29 @@ def check_version(version: str) -> None:
 def _unsupported(args: Any, explicit_policy: bool, explicit_advantage: bool) -> None:
     """TRL settings with no entrolab equivalent yet: refused by name rather than silently ignored."""
     loss_type = getattr(args, "loss_type", "dapo")
-    if loss_type in OWN_LOSSES and not explicit_policy:
-        raise ValueError(
-            f"loss_type={loss_type!r} is TRL's own per-token loss, which entrolab's catalogue does not have yet; "
-            f"use loss_type in {sorted(AGGREGATION_OF)} (it sets the aggregation) and choose the policy loss "
-            "with methods={'policy_loss': ...}"
-        )
-    if loss_type not in AGGREGATION_OF and loss_type not in OWN_LOSSES:
+    if loss_type not in AGGREGATION_OF:
         raise ValueError(f"unknown TRL loss_type {loss_type!r}; allowed: {sorted(AGGREGATION_OF)}")
+    sequence = getattr(args, "importance_sampling_level", "token") == "sequence"
+    if not explicit_policy and loss_type in OWN_LOSSES and sequence:
+        raise ValueError(
+            f"importance_sampling_level='sequence' with loss_type={loss_type!r} (a sequence-level {loss_type}) has "
+            "no entrolab policy loss; use the token level, or loss_type in ['dapo', 'grpo', 'luspo'] (GSPO / LUSPO)"
+        )
+    clip_options = [
+        n for n in ("delta", "off_policy_mask_threshold") if getattr(args, n, None) is not None
+    ]  # options of the clipped losses only
+    if not explicit_policy and clip_options and (loss_type in OWN_LOSSES or sequence):
+        raise ValueError(
+            f"GRPOConfig {clip_options} apply to TRL's token-level clipped loss, not to loss_type={loss_type!r} with "
+            f"importance_sampling_level={getattr(args, 'importance_sampling_level', 'token')!r}"
+        )
     checks = [
-        ("delta", getattr(args, "delta", None) is not None, "INTELLECT-2's two-sided clip"),
-        ("importance_sampling_level", getattr(args, "importance_sampling_level", "token") != "token", "GSPO"),
-        ("off_policy_mask_threshold", getattr(args, "off_policy_mask_threshold", None) is not None, "OPSM"),
         ("use_adaptive_entropy", bool(getattr(args, "use_adaptive_entropy", False)), "TRL's entropy controller"),
         (
             "multi_objective_aggregation",
             getattr(args, "multi_objective_aggregation", "sum_then_normalize") != "sum_then_normalize",
             "GDPO",
         ),
-        ("scale_rewards", getattr(args, "scale_rewards", "group") == "batch" and not explicit_advantage, "batch std"),
     ]
     for name, bad, what in checks:
         if bad:
@@ -84,16 +91,49 @@ def _unsupported(args: Any, explicit_policy: bool, explicit_advantage: bool) -> 
             )
 
 
+def _policy_settings(args: Any, eps: float, eps_high: float) -> tuple[dict[str, Any], list[str]]:
+    """The policy loss TRL's loss_type / importance_sampling_level / delta / off_policy_mask_threshold mean."""
+    loss_type = getattr(args, "loss_type", "dapo")
+    if loss_type == "cispo":  # TRL's epsilon_high is the cap on the ratio itself
+        return {"policy_loss": "cispo"}, ["cispo.bounds='trl'", f"cispo.eps_high={eps_high!r}"]
+    if loss_type == "sapo":
+        pos, neg = float(getattr(args, "sapo_temperature_pos", 1.0)), float(getattr(args, "sapo_temperature_neg", 1.05))
+        return {"policy_loss": "sapo"}, [f"sapo.tau_pos={pos!r}", f"sapo.tau_neg={neg!r}"]
+    if loss_type == "vespo":
+        names = ("k_pos", "lambda_pos", "k_neg", "lambda_neg")
+        return {"policy_loss": "vespo"}, [f"vespo.{n}={float(getattr(args, f'vespo_{n}')):.17g}" for n in names]
+    if getattr(args, "importance_sampling_level", "token") == "sequence":  # GSPO's ratio (LUSPO's with luspo)
+        name = "luspo" if loss_type == "luspo" else "gspo"
+        return {"policy_loss": name}, [
+            f"{name}.eps_low={eps!r}",
+            f"{name}.eps_high={eps_high!r}",
+            f"{name}.log_ratio_max=None",
+        ]
+    delta = getattr(args, "delta", None)
+    threshold = getattr(args, "off_policy_mask_threshold", None)
+    name = "ppo_clip" if threshold is None else "ppo_clip_opmask"
+    fields = {} if threshold is None else {"policy_loss": name}
+    options = [] if threshold is None else [f"{name}.threshold={float(threshold)!r}"]
+    options += [f"{name}.eps_low={eps!r}", f"{name}.eps_high={eps_high!r}"]
+    if delta is not None:  # INTELLECT-2's two-sided clip: the ratio capped at delta where A < 0, the dual clip
+        options.append(f"{name}.dual_clip_c={float(delta)!r}")
+    return fields, options
+
+
 def engine_settings(args: Any) -> tuple[dict[str, Any], list[str]]:
     """The entrolab fields and options TRL's own settings mean (before ``methods=`` is laid over them)."""
     loss_type = getattr(args, "loss_type", "dapo")
     eps = float(getattr(args, "epsilon", 0.2))
     eps_high = getattr(args, "epsilon_high", None)
     fields: dict[str, Any] = {"aggregation": AGGREGATION_OF.get(loss_type, "token-mean")}
-    options = [f"ppo_clip.eps_low={eps!r}", f"ppo_clip.eps_high={float(eps if eps_high is None else eps_high)!r}"]
+    policy, options = _policy_settings(args, eps, float(eps if eps_high is None else eps_high))
+    fields.update(policy)
     options.append("grpo.eps=0.0001")  # TRL's std epsilon
-    if getattr(args, "scale_rewards", "group") == "none":
+    scale = getattr(args, "scale_rewards", "group")
+    if scale in ("none", False):
         options.append("grpo.norm_by_std=False")
+    elif scale == "batch":  # the group mean over the whole batch's std
+        options.append("grpo.std_scope='batch'")
     beta = float(getattr(args, "beta", 0.0))
     regularizers: list[str] = []
     if beta != 0.0:

@@ -20,6 +20,7 @@ from entrolab.registry import register
 MarbleAlpha = Literal["mgda", "equal"]
 MarbleCombine = Literal["normalised", "amortised"]
 GdpoReduce = Literal["sum", "mean"]
+GdpoBatchStats = Literal["sequences", "tokens"]
 MARBLE_METRICS = ("adv/mean", "adv/std", "adv/frac_zero_std_groups")
 MARBLE_METRICS += ("marble/alpha_min", "marble/alpha_max", "marble/valid_frac", "marble/min_cos")
 
@@ -84,6 +85,10 @@ class GdpoConfig:
     """sum: sum_k w_k A_k (the paper); mean: divided by sum_k w_k (the same after the batch normalisation)."""
     batch_norm: bool = True
     """Normalise the combined advantage over the batch (the paper); False leaves the per-group sum."""
+    batch_stats: GdpoBatchStats = "sequences"
+    """Over what the batch step takes its mean and std: one value per sequence (the paper, the released TRL code),
+    or every response token (verl's ``masked_whiten``: each sequence weighted by its length, Bessel over the
+    token count, (S - mean) * rsqrt(var + 1e-8))."""
     eps: float = 1e-6
     """Added to every std (GRPO's 1e-6; the released TRL code uses 1e-4)."""
     unbiased: bool = True
@@ -92,6 +97,9 @@ class GdpoConfig:
     def __post_init__(self) -> None:
         if self.reduce not in get_args(GdpoReduce):
             raise ValueError(f"gdpo reduce must be one of {list(get_args(GdpoReduce))}, got {self.reduce!r}")
+        if self.batch_stats not in get_args(GdpoBatchStats):
+            allowed = list(get_args(GdpoBatchStats))
+            raise ValueError(f"gdpo batch_stats must be one of {allowed}, got {self.batch_stats!r}")
         _check_common("gdpo", self.eps, self.weights)
 
 
@@ -346,8 +354,8 @@ def gdpo(
 
     Differences from the paper / released code:
         As the released TRL code (sequence-level batch statistics, Bessel stds, NaN -> 0), with GRPO's eps 1e-6
-        instead of its 1e-4 (``eps`` sets it). The verl version whitens over tokens (``masked_whiten``, each
-        sequence weighted by its length, rsqrt(var + 1e-8)); not offered. With one component and
+        instead of its 1e-4 (``eps`` sets it). verl 0.9.1 whitens over tokens (``masked_whiten``, each sequence
+        weighted by its length, rsqrt(var + 1e-8)): ``batch_stats="tokens"``. With one component and
         ``batch_norm=False`` this is GRPO exactly; with ``batch_norm=True`` it is GRPO's advantages re-standardised
         over the batch.
 
@@ -365,7 +373,14 @@ def gdpo(
     if cfg.reduce == "mean":
         total = total / w.sum()
     pre_std = total.std(correction=0)
-    if cfg.batch_norm:
+    if cfg.batch_norm and cfg.batch_stats == "tokens":  # verl: masked_whiten of S broadcast over the tokens
+        n_i = mask.to(total.dtype).sum(-1)  # [B] each sequence's weight: its token count
+        n = n_i.sum()
+        mean = (total * n_i).sum() / n
+        var = ((total - mean).square() * n_i).sum() / n
+        var = var * n / (n - 1) if cfg.unbiased else var
+        total = (total - mean) * torch.rsqrt(var + 1e-8)
+    elif cfg.batch_norm:
         std = total.std() if cfg.unbiased else total.std(correction=0)
         total = (total - total.mean()) / (std + cfg.eps)
     adv = total.unsqueeze(-1)  # [B, 1]

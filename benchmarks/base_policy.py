@@ -2,6 +2,7 @@
 
     python benchmarks/base_policy.py [arithmetic countdown]   # writes benchmarks/results/base_policy.json and .md
     python benchmarks/base_policy.py calc lookup grid         # the environments: base_policy_envs.json and .md
+    (a run over some of the tasks replaces their rows and keeps the others', when the pretrain config is the same)
 
 Targets (issue 2): test-split pass@1 in [0.05, 0.40], pass@16 >= 2 x pass@1, pretrain under 3 minutes on
 2 CPU cores. Run it on a quiet machine: other processes using the cores slow torch down several-fold.
@@ -50,7 +51,13 @@ def main(tasks: list[str]) -> None:
         print(rows[-1], flush=True)
     OUT.mkdir(parents=True, exist_ok=True)
     stem = "base_policy_envs" if all(name in ENVS for name in tasks) else "base_policy"
-    (OUT / f"{stem}.json").write_text(json.dumps({"config": PretrainConfig().__dict__, "results": rows}, indent=2))
+    path = OUT / f"{stem}.json"
+    if path.exists():  # keep the rows of the tasks not measured this time (same config only)
+        old = json.loads(path.read_text())
+        if old.get("config") == json.loads(json.dumps(PretrainConfig().__dict__)):
+            done = {r["task"] for r in rows}
+            rows = [r for r in old["results"] if r["task"] not in done] + rows
+    path.write_text(json.dumps({"config": PretrainConfig().__dict__, "results": rows}, indent=2))
     lines = [
         "| task | pretrain s | pass@1 | pass@16 | format errors | mean length | entropy |",
         "|---|---|---|---|---|---|---|",

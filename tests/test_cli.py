@@ -32,15 +32,30 @@ def entrolab(*args: str, check: bool = True, timeout: float = 300) -> subprocess
     return proc
 
 
+def test_methods_engines_prints_every_verl_and_trl_counterpart():
+    from entrolab.anchors import COUNTERPARTS, EXCLUSIONS
+
+    out = entrolab("methods", "--engines").stdout
+    rows = [line for line in out.splitlines() if line.startswith("| verl") or line.startswith("| trl")]
+    assert len(rows) == len(COUNTERPARTS) + len(EXCLUSIONS)
+    assert "| verl | policy_loss | `geo_mean` | `policy_loss:gmpo` |" in out
+    assert "| verl | advantage | `gae` | none |" in out  # an exclusion, with its reason
+
+
 def test_methods_json_lists_every_axis_with_papers():
     out = json.loads(entrolab("methods", "--json").stdout)
     assert set(out) >= {"policy_loss", "advantage", "reward_shaper", "token_filter", "regularizer", "aggregation"}
     names = {axis: {m["name"] for m in ms} for axis, ms in out.items()}
     assert {"grpo", "dr_grpo", "rloo"} <= names["advantage"]
     assert "ppo_clip" in names["policy_loss"]
-    assert {"token-mean", "token-sum", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"} == (
-        names["aggregation"]
-    )
+    assert {
+        "token-mean",
+        "token-sum",
+        "seq-mean-token-mean",
+        "seq-mean-token-sum",
+        "seq-mean-token-sum-norm",
+        "bnpo",
+    } == (names["aggregation"])
     grpo = next(m for m in out["advantage"] if m["name"] == "grpo")
     assert grpo["paper"] == "arXiv:2402.03300" and grpo["summary"]
 

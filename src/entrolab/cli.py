@@ -346,9 +346,14 @@ def cmd_methods(argv: list[str]) -> int:
     from entrolab import catalogue
 
     as_json = "--json" in argv
-    bad = [a for a in argv if a not in ("--json", "--markdown")]
+    bad = [a for a in argv if a not in ("--json", "--markdown", "--engines")]
     if bad:
-        raise ValueError(f"entrolab methods takes only --json or --markdown, got {bad}")
+        raise ValueError(f"entrolab methods takes only --json, --markdown or --engines, got {bad}")
+    if "--engines" in argv:  # what each verl / TRL loss, estimator and option is in the catalogue
+        from entrolab.methods_doc import render_engines_markdown
+
+        sys.stdout.write(render_engines_markdown())
+        return 0
     if "--markdown" in argv:
         from entrolab.methods_doc import render_methods_markdown
 

@@ -111,12 +111,38 @@ def render_methods_markdown() -> str:
     for axis, es in entries.items():
         if es:
             out.append(f"- **{axis.replace('_', ' ')}**: " + ", ".join(f"`{e.name}`" for e in es))
+    out += ["", "See [verl and TRL counterparts](#verl-and-trl-counterparts) for what each engine name is here."]
     for axis, es in entries.items():
         if not es:
             continue
         out += ["", f"## {axis.replace('_', ' ')}", ""]
         out += ["\n\n".join(render_entry(e) for e in es)]
+    out += ["", render_engines_markdown()]
     return "\n".join(out).rstrip() + "\n"
 
 
-__all__ = ["render_entry", "render_methods_markdown"]
+def render_engines_markdown() -> str:
+    """The table of ``entrolab.anchors``: every verl 0.9.1 / TRL 1.16 name, its counterpart or why it has none."""
+    from entrolab.anchors import COUNTERPARTS, EXCLUSIONS
+
+    out = [
+        "## verl and TRL counterparts",
+        "",
+        "Every policy loss, advantage estimator and KL estimator verl 0.9.1 registers and every `loss_type` and",
+        "related choice TRL 1.16's `GRPOConfig` accepts, with the entrolab methods and options that compute the same",
+        "thing (parity-tested in the reference venv: `tests/test_parity_*.py`; `tests/test_engine_registries.py`",
+        "reads the engines' registries and fails on a name missing here).",
+        "",
+        "| engine | kind | name | entrolab | options | note |",
+        "|---|---|---|---|---|---|",
+    ]
+    for (engine, kind, name), c in COUNTERPARTS.items():
+        methods = ", ".join(f"`{m}`" for m in c.methods)
+        options = ", ".join(f"`{o}`" for o in c.options)
+        out.append(f"| {engine} | {kind} | `{name}` | {methods} | {options} | {c.note} |")
+    for (engine, kind, name), why in EXCLUSIONS.items():
+        out.append(f"| {engine} | {kind} | `{name}` | none | | {why} |")
+    return "\n".join(out) + "\n"
+
+
+__all__ = ["render_engines_markdown", "render_entry", "render_methods_markdown"]

@@ -271,3 +271,48 @@ def test_base_kl_is_zero_on_the_first_rollout_and_logged_every_step(tiny_dir, tm
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()][1:]
     kl = [r["kl/seq_to_base"] for r in rows]
     assert abs(kl[0]) < 1e-4 and all(math.isfinite(v) for v in kl) and abs(kl[-1]) > abs(kl[0])
+
+
+def test_rollout_correction_recomputes_old_logp_and_the_sampler_agrees_with_the_trainer(tiny_dir, tmp_path):
+    """With rollout_is the update's old_logp is the trainer's own pass; on one machine the sampler's log-probs
+    (the lean backend) equal it, so the IS weights are 1 and nothing is rejected."""
+    cfg = small_cfg(
+        tiny_dir, tmp_path / "run", steps=2, token_filters=("rollout_is",), reward_fn="tests.fault_fns:digits"
+    )
+    train(cfg, log=lambda *a: None)
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[1:]]
+    for r in rows:
+        assert r["rollout_corr/max_abs_logp_diff"] < 1e-4, r["rollout_corr/max_abs_logp_diff"]
+        assert abs(r["rollout_corr/is_mean"] - 1.0) < 1e-3 and r["rollout_corr/frac_rejected"] == 0.0
+
+
+def test_remax_gets_the_reward_of_a_greedy_rollout_per_prompt(tiny_dir, tmp_path):
+    """ReMax's baseline: one greedy completion per prompt, scored by the same reward function, the same for the
+    G rows of a group (its mean is logged)."""
+    cfg = small_cfg(tiny_dir, tmp_path / "run", steps=2, advantage="remax", reward_fn="tests.fault_fns:digits")
+    train(cfg, log=lambda *a: None)
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[1:]]
+    assert all(math.isfinite(r["remax/greedy_reward_mean"]) for r in rows)
+    with pytest.raises(ValueError, match="greedy_rewards"):
+        train(replace(cfg, env="lookup", reward_fn=None, out=str(tmp_path / "env")), log=lambda *a: None)
+
+
+def test_greedy_decoding_for_remax_ignores_the_seed_and_picks_the_top_token(tiny):
+    from entrolab.rollout import generate
+    from entrolab.step_inputs import GREEDY_TOP_P
+
+    model, tok = tiny
+    prompts = ["1+2=?\n", "7-3=?\n"]
+    a, b = (
+        generate(model, tok, prompts, max_new_tokens=6, top_p=GREEDY_TOP_P, generator=torch.Generator().manual_seed(s))
+        for s in (0, 1)
+    )
+    assert torch.equal(a.response_ids, b.response_ids)
+    # the first greedy token is the argmax of the model's next-token logits after each prompt
+    from entrolab.rollout import encode_prompts
+
+    ids, mask = encode_prompts(tok, prompts)
+    with torch.no_grad():
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, -1]
+    assert torch.equal(a.response_ids[:, 0], logits.argmax(-1))

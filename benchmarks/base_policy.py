@@ -11,6 +11,8 @@ Targets (issue 2): test-split pass@1 in [0.05, 0.40], pass@16 >= 2 x pass@1, pre
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sys
 import tempfile
 import time
@@ -21,7 +23,7 @@ import torch
 from entrolab.envs import ENV_BUDGETS, ENVS, make_env_task
 from entrolab.evaluate import evaluate
 from entrolab.models import load_policy
-from entrolab.pretrain import PretrainConfig, pretrain
+from entrolab.pretrain import PretrainConfig, base_path, pretrain
 from entrolab.tasks import make_task
 
 OUT = Path(__file__).parent / "results"
@@ -39,6 +41,12 @@ def main(tasks: list[str]) -> None:
             model, tok = load_policy(d)
             ev = evaluate(model, tok, task, samples=16, seed=0, **budget)
             total = time.perf_counter() - t0
+            cached = base_path(task, PretrainConfig())
+            if not (cached / "model.safetensors").is_file():  # the same model cached_base would build: keep it
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                tmp = cached.with_name(cached.name + f".tmp{os.getpid()}")
+                shutil.copytree(d, tmp)
+                tmp.rename(cached)
         rows.append(
             {
                 "task": name,

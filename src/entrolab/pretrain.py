@@ -218,6 +218,16 @@ def default_cache() -> Path:
     return Path(os.environ.get("ENTROLAB_CACHE", Path.home() / ".cache" / "entrolab"))
 
 
+def base_path(task: Task, cfg: PretrainConfig = PretrainConfig(), cache: str | Path | None = None) -> Path:
+    """Where :func:`cached_base` keeps the base model of ``task`` and ``cfg`` (keyed by task and every field)."""
+    fields = asdict(cfg)
+    for name in ("tokenizer", "bpe_vocab", "loss", "loss_options"):  # at their defaults: earlier base models' keys
+        if fields[name] == getattr(PretrainConfig, name):
+            del fields[name]
+    key = hashlib.sha256(json.dumps([task.name, fields], sort_keys=True).encode()).hexdigest()[:12]
+    return Path(cache or default_cache()) / "base" / f"{task.name}-{cfg.size}-{key}"
+
+
 def cached_base(
     task: Task,
     cfg: PretrainConfig = PretrainConfig(),
@@ -229,12 +239,7 @@ def cached_base(
     Built into a temporary folder and renamed, so a killed build never leaves a half-written base behind and
     concurrent callers end with one complete folder.
     """
-    fields = asdict(cfg)
-    for name in ("tokenizer", "bpe_vocab", "loss", "loss_options"):  # at their defaults: earlier base models' keys
-        if fields[name] == getattr(PretrainConfig, name):
-            del fields[name]
-    key = hashlib.sha256(json.dumps([task.name, fields], sort_keys=True).encode()).hexdigest()[:12]
-    base = Path(cache or default_cache()) / "base" / f"{task.name}-{cfg.size}-{key}"
+    base = base_path(task, cfg, cache)
     if (base / "config.json").is_file() and (base / "model.safetensors").is_file():
         log(f"using cached base model {base}")
         return base

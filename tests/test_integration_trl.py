@@ -206,8 +206,8 @@ def test_unsupported_trl_settings_fail_before_any_work(tmp_path):
         trl_methods(_args(tmp_path, loss_type="sapo", importance_sampling_level="sequence"), None)
     with pytest.raises(ValueError, match="delta"):
         trl_methods(_args(tmp_path, loss_type="cispo", delta=2.0), None)
-    with pytest.raises(ValueError, match="multi_objective_aggregation"):
-        trl_methods(_args(tmp_path, multi_objective_aggregation="normalize_then_sum"), None)
+    with pytest.raises(ValueError, match="normalize_then_sum"):
+        trl_methods(_args(tmp_path, multi_objective_aggregation="normalize_then_sum"), {"advantage": "rloo"})
     with pytest.raises(ValueError, match="unknown option"):
         trl_methods(_args(tmp_path), {"policy_loss": "steer", "options": ["steer.w_max=1.2"]})
     with pytest.raises(ValueError, match="unknown key"):
@@ -424,6 +424,43 @@ def test_issue_16_advantages_in_trl_prl_on_trls_reference_and_marble_on_its_rewa
     tr.train()
     logged = [row for row in tr.state.log_history if "loss" in row]
     assert len(logged) == 2 and all(0 <= row["marble/valid_frac"] <= 1 for row in logged)
+
+
+def test_normalize_then_sum_is_gdpo_with_trls_weights_and_eps(tiny_dir, tmp_path):
+    from trl.trainer.utils import nanstd
+
+    from entrolab.methods.marble import GdpoConfig, gdpo
+
+    args = _args(tmp_path, multi_objective_aggregation="normalize_then_sum", reward_weights=[1.0, 0.5])
+    spec, _, _ = trl_methods(args, None)
+    assert spec.advantage == "gdpo" and "gdpo.eps=0.0001" in spec.options and "gdpo.weights=(1.0, 0.5)" in spec.options
+    # TRL's normalize_then_sum (GRPOTrainer._generate_and_score_completions), on 3 groups of 4 and 2 functions
+    g = torch.Generator().manual_seed(0)
+    parts = torch.randint(0, 3, (12, 2), generator=g).float()
+    grouped = parts.view(-1, 4, 2)
+    reward_k = ((grouped - grouped.mean(1, keepdim=True)) / (nanstd(grouped, dim=1, keepdim=True) + 1e-4)).view(-1, 2)
+    summed = (reward_k * torch.tensor([1.0, 0.5])).sum(1)
+    trl_adv = (summed - summed.mean()) / (nanstd(summed) + 1e-4)
+    ours, _ = gdpo(
+        parts.sum(1),
+        torch.ones(12, 3),
+        cfg=GdpoConfig(eps=1e-4, weights=(1.0, 0.5)),
+        group_id=torch.arange(12) // 4,
+        reward_parts=parts,
+    )
+    torch.testing.assert_close(ours.squeeze(1), trl_adv, atol=1e-6, rtol=0)
+    model, tok = load_policy(tiny_dir)
+    tok.padding_side = "left"
+    tr = EntrolabGRPOTrainer(
+        model=model,
+        processing_class=tok,
+        reward_funcs=[ones_reward, zeros_reward],
+        args=_args(tmp_path / "gdpo", max_steps=2, multi_objective_aggregation="normalize_then_sum"),
+        train_dataset=Dataset.from_list([{"prompt": f"{i} + {i} ="} for i in range(64)]),
+    )
+    tr.train()
+    logged = [row for row in tr.state.log_history if "loss" in row]
+    assert len(logged) == 2 and all(math.isfinite(row["gdpo/pre_norm_std"]) for row in logged)
 
 
 @pytest.mark.parametrize(("preset", "need"), [("par", "ref_rewards"), ("prime", "prm_logp"), ("ctrl_u", "rm_heads")])

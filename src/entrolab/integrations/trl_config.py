@@ -72,11 +72,6 @@ def _unsupported(args: Any, explicit_policy: bool, explicit_advantage: bool) -> 
         )
     checks = [
         ("use_adaptive_entropy", bool(getattr(args, "use_adaptive_entropy", False)), "TRL's entropy controller"),
-        (
-            "multi_objective_aggregation",
-            getattr(args, "multi_objective_aggregation", "sum_then_normalize") != "sum_then_normalize",
-            "GDPO",
-        ),
     ]
     for name, bad, what in checks:
         if bad:
@@ -134,6 +129,12 @@ def engine_settings(args: Any) -> tuple[dict[str, Any], list[str]]:
         options.append("grpo.norm_by_std=False")
     elif scale == "batch":  # the group mean over the whole batch's std
         options.append("grpo.std_scope='batch'")
+    if getattr(args, "multi_objective_aggregation", "sum_then_normalize") == "normalize_then_sum":  # GDPO
+        fields["advantage"] = "gdpo"
+        options.append("gdpo.eps=0.0001")  # TRL's, in the group and the batch step
+        weights = getattr(args, "reward_weights", None)
+        if weights:
+            options.append(f"gdpo.weights={tuple(float(w) for w in weights)!r}")
     beta = float(getattr(args, "beta", 0.0))
     regularizers: list[str] = []
     if beta != 0.0:
@@ -172,6 +173,12 @@ def trl_methods(args: Any, methods: Any) -> tuple[MethodSpec, CountRule, list[st
     _unsupported(args, explicit_policy, explicit_advantage)
     fields, options = engine_settings(args)
     spec, notes = resolve_methods(methods, fields, options)
+    if getattr(args, "multi_objective_aggregation", "sum_then_normalize") == "normalize_then_sum":
+        if spec.advantage != "gdpo":
+            raise ValueError(
+                "GRPOConfig.multi_objective_aggregation='normalize_then_sum' is GDPO's advantage, but methods= chose "
+                f"advantage {spec.advantage!r}: drop it, or choose 'gdpo'"
+            )
     bnpo = getattr(args, "loss_type", "dapo") == "bnpo" and not explicit_aggregation
     rule: CountRule = "micro_batch" if bnpo else "window"
     return spec, rule, notes

@@ -20,12 +20,10 @@ import pytest
 import torch
 
 from entrolab.methods.aggregation import aggregate
+from entrolab.methods.off_policy_mask import OffPolicyMaskConfig, off_policy_sequence_mask, ppo_clip_opmask
 from entrolab.methods.policy_loss import PPOClipConfig, ppo_clip
 from entrolab.methods.rollout_correction import (
-    OffPolicyMaskConfig,
     RolloutISConfig,
-    off_policy_sequence_mask,
-    ppo_clip_opmask,
     reinforce_is,
     rollout_is,
 )

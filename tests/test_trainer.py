@@ -19,6 +19,8 @@ from entrolab.trainer import train
 from entrolab.update import Counts, Methods
 
 AGG_MODES = catalogue.names("aggregation")
+# bnpo normalises each micro-batch by its own token count (TRL's), so accumulation changes it by design
+ADDITIVE = [m for m in AGG_MODES if m != "bnpo"]
 
 
 def small_cfg(model_dir, out, base: TrainConfig | None = None, **kw) -> TrainConfig:
@@ -55,7 +57,7 @@ def grads(model) -> torch.Tensor:
     return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
 
 
-@pytest.mark.parametrize("mode", AGG_MODES)
+@pytest.mark.parametrize("mode", ADDITIVE)
 def test_four_accumulated_micro_batches_give_the_gradient_of_one_big_batch(tiny_dir, tmp_path, mode):
     """Gradient accumulation never changes the loss normalisation (1e-6), for every aggregation mode."""
     from entrolab.models import load_policy

@@ -175,7 +175,7 @@ def test_skip_drops_errored_samples_and_counts_them(tiny_dir, tmp_path):
         ({"lr": -1.0}, "lr must be > 0, got -1.0"),
         ({"group_size": 1}, "group_size must be >= 2"),
         ({"task": "chess"}, "unknown task 'chess'; known: arithmetic, countdown, jsonl"),
-        ({"aggregation": "mean"}, "unknown aggregation 'mean'; known: seq-mean-token-mean"),
+        ({"aggregation": "mean"}, "unknown aggregation 'mean'; known: bnpo, seq-mean-token-mean"),
         ({"policy_loss": "ppo"}, "unknown policy_loss 'ppo'; known:"),
         ({"options": ("ppo_clip.eps=0.1",)}, "unknown option"),
         ({"options": ("kl.coef=0.1",)}, "which this run does not use"),

@@ -424,12 +424,12 @@ def child(
 
 def _real_shape():
     """``benchmarks/real_shape.py``, however this file was loaded."""
-    here = str(Path(__file__).parent)
-    if here not in sys.path:
-        sys.path.insert(0, here)
-    import real_shape
-
-    return real_shape
+    if "real_shape" not in sys.modules:  # a sibling file of this script, not an installed module
+        spec = importlib.util.spec_from_file_location("real_shape", Path(__file__).with_name("real_shape.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["real_shape"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["real_shape"]
 
 
 def peak_rss_kib() -> int:

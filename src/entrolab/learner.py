@@ -16,6 +16,7 @@ import torch
 
 from entrolab.batch import TokenBatch
 from entrolab.kinds import Backend
+from entrolab.methods.optimal_baseline import sum_pi_sq_from_logits
 from entrolab.ops import discriminator_baseline_from_logits, masked_mean
 from entrolab.rollout import teacher_forced
 from entrolab.update import (
@@ -29,14 +30,8 @@ from entrolab.update import (
     slice_stats,
 )
 
-
 # Per-token quantities recorded while sampling for the methods that need them (``generate(extras=...)``).
-def sum_pi_sq(logits: torch.Tensor) -> torch.Tensor:
-    """sum_v softmax(logits)_v^2 per row, the collision probability (the optimal token baseline's weight).  [b]"""
-    return torch.softmax(logits.float(), -1).square().sum(-1)
-
-
-ROLLOUT_EXTRAS = {"vocab_baseline": discriminator_baseline_from_logits, "sum_pi_sq": sum_pi_sq}
+ROLLOUT_EXTRAS = {"vocab_baseline": discriminator_baseline_from_logits, "sum_pi_sq": sum_pi_sq_from_logits}
 
 
 def lr_factor(opt_step: int, total: int, warmup_steps: int, schedule: str) -> float:

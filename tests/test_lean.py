@@ -218,11 +218,19 @@ def hf_last_logits(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor
     return model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).logits[:, -1]
 
 
+def decode_head_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The decode LM head's W x^T path (``LeanDecoder.decode_logits``) for the tiny models' heads too."""
+    monkeypatch.setattr("entrolab.lean.DECODE_MM_MIN_HEAD", 0)
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("fuse", [True, False], ids=["fused", "separate"])
+@pytest.mark.parametrize("head", ["linear", "decode_mm"])
 @torch.no_grad()
-def test_decoding_steps_equal_the_full_forward_also_after_rows_leave_the_cache(arch, fuse, monkeypatch):
+def test_decoding_steps_equal_the_full_forward_also_after_rows_leave_the_cache(arch, fuse, head, monkeypatch):
     monkeypatch.setattr("entrolab.lean.FUSE_MAX_PARAMS", 10**12 if fuse else 0)
+    if head == "decode_mm":
+        decode_head_on(monkeypatch)
     model = build(arch).double()
     lean = LeanDecoder.of(model)
     uids, umask = encode_prompts(TOK, PROMPTS)  # [3, Tp] distinct prompts
@@ -325,8 +333,13 @@ def test_lean_rollouts_match_hf_teacher_forcing_with_rows_finishing_at_different
     assert max_diff(lp_l[m], lp_h[m]) < 1e-5 and max_diff(ent_l[m], ent_h[m]) < 1e-5
 
 
-def test_lean_and_hf_sampling_draw_the_same_tokens_from_one_seed():
-    """Both engines give the sampler the same distributions (float64: equal far below a float32 ulp)."""
+@pytest.mark.parametrize("decode", ["plain", "decode_mm_blocked"])
+def test_lean_and_hf_sampling_draw_the_same_tokens_from_one_seed(decode, monkeypatch):
+    """Both engines give the sampler the same distributions (float64: equal far below a float32 ulp), also with
+    the decode head's W x^T path and the sampling arithmetic in blocks of 2 rows (the HF side blocks too)."""
+    if decode != "plain":
+        decode_head_on(monkeypatch)
+        monkeypatch.setattr("entrolab.rollout.DRAW_ROWS", 2)
     model = eos_prone(build("qwen2"), bias=3.5).double()
     kw = dict(group_size=3, max_new_tokens=12, temperature=0.7, top_p=0.9, batch_size=5)  # two chunks
     a = generate(model, TOK, PROMPTS, generator=torch.Generator().manual_seed(2), backend="lean", **kw)
@@ -334,6 +347,39 @@ def test_lean_and_hf_sampling_draw_the_same_tokens_from_one_seed():
     assert len(set(a.lengths.tolist())) >= 4
     assert torch.equal(a.response_ids, b.response_ids) and torch.equal(a.response_mask, b.response_mask)
     assert max_diff(a.logp, b.logp) < 1e-6 and max_diff(a.entropy, b.entropy) < 1e-6
+
+
+@torch.no_grad()
+def test_a_decode_step_can_run_the_lm_head_on_some_cache_rows_only(monkeypatch):
+    decode_head_on(monkeypatch)
+    model = build("qwen2").double()
+    lean = LeanDecoder.of(model)
+    uids, umask = encode_prompts(TOK, PROMPTS)
+    rows = torch.tensor([0, 1, 2, 2])
+    tokens = torch.tensor([5, 6, 7, 8])
+    _, c1 = lean.start(uids, umask, rows, max_new_tokens=3)
+    _, c2 = lean.start(uids, umask, rows, max_new_tokens=3)
+    full = lean.step(tokens, c1)  # [4, V]
+    for some in (torch.tensor([2]), torch.tensor([0, 3])):  # 1 row (doubled inside) and 2 rows
+        assert max_diff(lean.step(tokens, c2, rows=some), full[some]) < 1e-12
+        c2.length -= 1  # the same step again
+
+
+def test_blocked_draws_equal_one_block_bit_for_bit(monkeypatch):
+    """``_draw`` in blocks of rows: the same tokens, log-probs, entropies and extras as all rows at once."""
+    from entrolab.rollout import _draw
+
+    logits = torch.randn(11, VOCAB, generator=torch.Generator().manual_seed(0)) * 3
+    extras = {"max": lambda z: z.amax(-1)}
+    outs = []
+    for block in (1000, 4, 1):
+        monkeypatch.setattr("entrolab.rollout.DRAW_ROWS", block)
+        outs.append(_draw(logits, 0.7, 0.95, torch.Generator().manual_seed(3), extras))
+    for other in outs[1:]:
+        for a, b in zip(outs[0][:3], other[:3], strict=True):
+            assert torch.equal(a, b)
+        assert torch.equal(outs[0][3]["max"], other[3]["max"])
+    assert len(set(outs[0][0].tolist())) > 3
 
 
 # ------------------------------------------------------------------------------------------ backend choice

@@ -93,14 +93,19 @@ def encode_prompts(tokenizer, prompts: list[str]) -> tuple[torch.Tensor, torch.T
     return enc["input_ids"], enc["attention_mask"]
 
 
-def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_categorical(
+    probs: torch.Tensor, generator: torch.Generator | None = None, u: torch.Tensor | None = None
+) -> torch.Tensor:
     """One draw per row from unnormalised probabilities [n, V] by inverse transform: one uniform per row and a
     binary search in the row's cumulative sum, so a zero-probability token is never drawn.  -> [n] int64
 
-    Exact like ``torch.multinomial`` (which draws V exponentials per row, ~8x slower for V = 100).
+    Exact like ``torch.multinomial`` (which draws V exponentials per row, ~8x slower for V = 100). ``u``: the
+    rows' uniforms [n, 1] in [0, 1), drawn by the caller (else from ``generator``).
     """
     cdf = probs.cumsum(-1)  # [n, V]
-    u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device, dtype=cdf.dtype) * cdf[:, -1:]
+    if u is None:
+        u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device, dtype=cdf.dtype)
+    u = u.to(cdf.dtype) * cdf[:, -1:]
     return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=probs.shape[-1] - 1)
 
 
@@ -186,7 +191,7 @@ class _LeanEngine:
         if len(self.live) == self.cache.rows:
             return self.lean.step(tokens, self.cache)
         full = tokens.new_zeros(self.cache.rows).index_copy(0, self.live, tokens)  # finished rows: any token
-        return self.lean.step(full, self.cache)[self.live]
+        return self.lean.step(full, self.cache, rows=self.live)
 
 
 def _engine(model, backend: Backend) -> _HFEngine | _LeanEngine:
@@ -199,6 +204,43 @@ def _engine(model, backend: Backend) -> _HFEngine | _LeanEngine:
             f"(supported: {list(SUPPORTED_TYPES)}, see entrolab.lean); use backend 'auto' or 'hf'"
         )
     return _LeanEngine(lean) if lean is not None else _HFEngine(model)
+
+
+DRAW_ROWS = 8
+"""Rows per block of a decode step's sampling arithmetic on CPU: 8 rows of fp32 logits over V = 151,936 are
+4.9 MB, which stay in cache across the softmax, cumsum and entropy passes; 33-64 rows (up to 39 MB) do not,
+and the same passes then took 28-38 ms a step against 17-18 ms blocked (``benchmarks/results/vs_trl_real.md``).
+Per-row results do not depend on the blocking (the golden runs are bit-identical)."""
+
+
+def _draw(
+    logits: torch.Tensor,  # [n, V] (any strides)
+    temperature: float,
+    top_p: float,
+    generator: torch.Generator | None,
+    extras: Mapping[str, Callable[[torch.Tensor], torch.Tensor]],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """One decode step's draws: next token, its log-prob and the step entropy under softmax(logits / T), and
+    ``extras`` of the tempered logits, block by block of rows (``DRAW_ROWS`` on CPU). The uniforms of all
+    rows are drawn first, in one call, so the blocking does not change the random stream.
+    -> next [n] int64, logp [n], entropy [n], {name: [n]}"""
+    n = logits.shape[0]
+    u = torch.rand(n, 1, generator=generator, device=logits.device, dtype=torch.float32)  # [n, 1]
+    block = DRAW_ROWS if logits.device.type == "cpu" else max(n, 1)
+    parts = []
+    for i in range(0, n, block):
+        z = logits[i : i + block].float()
+        z = z / temperature if temperature != 1.0 else z.contiguous()  # [b, V]
+        logprobs = torch.log_softmax(z, -1)
+        probs = logprobs.exp()
+        nxt = sample_categorical(_top_p_filter(probs, top_p), u=u[i : i + block])
+        extra = {k: fn(z).float() for k, fn in extras.items()}
+        ent = -(probs * logprobs).sum(-1)
+        parts.append((nxt, logprobs.gather(-1, nxt[:, None])[:, 0], ent, extra))
+    if len(parts) == 1:
+        return parts[0]
+    cat = [torch.cat([p[j] for p in parts]) for j in range(3)]
+    return cat[0], cat[1], cat[2], {k: torch.cat([p[3][k] for p in parts]) for k in extras}
 
 
 @torch.no_grad()
@@ -217,7 +259,7 @@ def _sample_chunk(
     stop_ids: Sequence[int] = (),
 ) -> Rollout:
     b = prompt_ids.shape[0]
-    logits = engine.start(prompt_ids, prompt_mask, max_new_tokens).float()  # [n, V], n = rows still generating
+    logits = engine.start(prompt_ids, prompt_mask, max_new_tokens)  # [n, V], n = rows still generating
     dev = prompt_ids.device
     rows = torch.arange(b, device=dev)  # [n] the original rows still generating (those in the cache)
     ids, logps, ents = [], [], []
@@ -225,15 +267,12 @@ def _sample_chunk(
     done = torch.zeros(b, dtype=torch.bool, device=dev)
     stops = torch.tensor(sorted({eos_id, *stop_ids}), device=dev)  # tokens that end a row (kept in it)
     for _ in range(max_new_tokens):
-        z = logits / temperature
-        logprobs = torch.log_softmax(z, -1)  # [n, V]
-        probs = logprobs.exp()
-        nxt = sample_categorical(_top_p_filter(probs, top_p), generator)  # [n]
+        nxt, logp, ent, extra = _draw(logits, temperature, top_p, generator, extras)  # [n] each
         ids.append(torch.full((b,), pad_id, dtype=nxt.dtype, device=dev).index_copy(0, rows, nxt))
-        logps.append(torch.zeros(b, device=dev).index_copy(0, rows, logprobs.gather(-1, nxt[:, None])[:, 0]))
-        ents.append(torch.zeros(b, device=dev).index_copy(0, rows, -(probs * logprobs).sum(-1)))
-        for k, fn in extras.items():
-            more[k].append(torch.zeros(b, device=dev).index_copy(0, rows, fn(z).float()))
+        logps.append(torch.zeros(b, device=dev).index_copy(0, rows, logp))
+        ents.append(torch.zeros(b, device=dev).index_copy(0, rows, ent))
+        for k, v in extra.items():
+            more[k].append(torch.zeros(b, device=dev).index_copy(0, rows, v))
         finished = torch.isin(nxt, stops)  # [n]
         done[rows[finished]] = True
         if bool(done.all()) or len(ids) == max_new_tokens:  # no forward for a token that will not be sampled
@@ -242,7 +281,7 @@ def _sample_chunk(
             keep = torch.nonzero(~finished).squeeze(-1)
             engine.keep(keep)
             rows, nxt = rows[keep], nxt[keep]
-        logits = engine.step(nxt).float()
+        logits = engine.step(nxt)
     response_ids = torch.stack(ids, 1)  # [b, T]
     # a row generates up to and including its EOS (or stop token): everything after it is padding
     is_eos = torch.isin(response_ids, stops).long()

@@ -376,9 +376,10 @@ def test_blocked_draws_equal_one_block_bit_for_bit(monkeypatch):
         monkeypatch.setattr("entrolab.rollout.DRAW_ROWS", block)
         outs.append(_draw(logits, 0.7, 0.95, torch.Generator().manual_seed(3), extras))
     for other in outs[1:]:
-        for a, b in zip(outs[0][:3], other[:3], strict=True):
+        for a, b in zip(outs[0][:4], other[:4], strict=True):
             assert torch.equal(a, b)
-        assert torch.equal(outs[0][3]["max"], other[3]["max"])
+        assert torch.equal(outs[0][4]["max"], other[4]["max"])
+    assert torch.allclose(outs[0][3], torch.logsumexp(logits / 0.7, -1), atol=1e-5)
     assert len(set(outs[0][0].tolist())) > 3
 
 

@@ -174,6 +174,11 @@ class TrainConfig:
     """Optimizer steps per epoch (the batch is split into this many minibatches)."""
     micro_batch_size: int | None = None
     """Sequences per forward/backward (gradient accumulation); None = the whole minibatch."""
+    reuse_sampling_pass: bool = True
+    """The first minibatch of each step, which runs at the weights the batch was sampled at, takes each
+    token's logsumexp and entropy from the sampling pass instead of the LM head's forward over the vocabulary
+    (its backward is unchanged). Lean backend, single-turn rollouts, no rollout correction; values equal a full
+    forward's up to fp32 rounding (the KV-cache pass against the teacher-forced one)."""
     lr: float = 1e-4
     """Peak AdamW learning rate (1e-4 suits the tiny models; 3e-4 already destabilises GRPO on them)."""
     lr_schedule: LRSchedule = "constant"

@@ -46,10 +46,26 @@ def lr_factor(opt_step: int, total: int, warmup_steps: int, schedule: str) -> fl
     return 1.0
 
 
+SAMPLED_LSE = "sampled_lse"
+"""``TokenBatch.extras`` key of the sampling pass's logsumexp [B, T] (``generate(keep_lse=True)``); the trainer
+hands it to ``ppo_update`` alone, for the one minibatch that runs at the sampling weights."""
+
+
 def forward(
-    model, batch: TokenBatch, temperature: float, need_logits: bool = False, backend: Backend = "auto"
+    model,
+    batch: TokenBatch,
+    temperature: float,
+    need_logits: bool = False,
+    backend: Backend = "auto",
+    reuse_sampled: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Teacher-forced log-probs, entropies (and logits when asked) of the batch's responses.  [b, T] each"""
+    """Teacher-forced log-probs, entropies (and logits when asked) of the batch's responses.  [b, T] each
+
+    ``reuse_sampled``: the weights are those the batch was sampled at, and ``extras[SAMPLED_LSE]`` with
+    ``old_entropy`` spare the LM head's forward (``teacher_forced(sampled=...)``)."""
+    sampled = None
+    if reuse_sampled and SAMPLED_LSE in batch.extras:
+        sampled = (batch.extras[SAMPLED_LSE], batch.old_entropy)
     return teacher_forced(
         model,
         batch.prompt_ids,
@@ -59,6 +75,7 @@ def forward(
         temperature,
         need_logits,
         backend=backend,
+        sampled=sampled,
     )
 
 
@@ -86,9 +103,11 @@ def minibatch_backward(
     backend: Backend = "auto",
     generator: torch.Generator | None = None,
     loss_scale: float = 1.0,
+    reuse_sampled: bool = False,
 ) -> tuple[dict[str, float], bool]:
     """Forward/backward every micro-batch of one minibatch (gradients accumulate); does not step.
     ``loss_scale`` multiplies what is back-propagated (SPEAR's gamma(k) on its replay loss), not the metrics.
+    ``reuse_sampled``: the weights are the sampling pass's (see ``forward``).
 
     -> (token-weighted metrics, whether every micro-batch's loss was finite). ``loss/total`` is the
     minibatch's loss (the sum of the micro-batches' normalised losses).
@@ -97,7 +116,7 @@ def minibatch_backward(
     sums: dict[str, float] = {}
     finite = True
     for rows, micro in batch.micro_batches(micro_batch_size):
-        logp, entropy, logits = forward(model, micro, temperature, "logits" in methods.needs, backend)
+        logp, entropy, logits = forward(model, micro, temperature, "logits" in methods.needs, backend, reuse_sampled)
         loss, metrics = compose(
             methods,
             micro,
@@ -153,6 +172,7 @@ def ppo_update(
     *,
     minibatches: int | None = None,
     loss_scale: float = 1.0,
+    sampled_lse: torch.Tensor | None = None,
 ) -> tuple[dict[str, float], list[float], int, dict[str, str]]:
     """``cfg.ppo_epochs`` passes over the batch in ``cfg.minibatches`` shuffled minibatches: filters, then
     forward/backward per micro-batch through the composer, then a guarded optimizer step per minibatch.
@@ -162,6 +182,9 @@ def ppo_update(
     of methods whose selection is degenerate at this size, also logged as ``scale/<method>_degenerate``). A
     skipped step prints a warning naming the training step and the non-finite quantity. ``minibatches``
     overrides ``cfg.minibatches`` (a replay batch's own count) and ``loss_scale`` weights the loss.
+    ``sampled_lse`` [B, T]: the sampling pass's logsumexp of these rows at the current weights
+    (``generate(keep_lse=True)``); the first minibatch of the first epoch, which still runs at those weights,
+    then skips the LM head's forward (``teacher_forced(sampled=...)``); every later one runs it in full.
     """
     n_mini = minibatches or cfg.minibatches
     norm_len = float(cfg.norm_len or cfg.response_budget)
@@ -174,7 +197,11 @@ def ppo_update(
     for _epoch in range(cfg.ppo_epochs):
         order = torch.randperm(b, generator=gen) if n_mini > 1 else torch.arange(b)
         for k in range(n_mini):
-            part = batch.select(order[k * size : (k + 1) * size])
+            rows = order[k * size : (k + 1) * size]
+            part = batch.select(rows)
+            reuse = sampled_lse is not None and _epoch == 0 and k == 0
+            if reuse:
+                part = part.replace(extras={**part.extras, SAMPLED_LSE: sampled_lse[rows]})
             part, fm = apply_filters(methods, part, cfg.micro_batch_size, gen)
             accumulate(sums, fm, 1.0)
             warnings.update(scale_warnings(methods, part, cfg.micro_batch_size))
@@ -188,6 +215,7 @@ def ppo_update(
                 backend=cfg.backend,
                 generator=gen,
                 loss_scale=loss_scale,
+                reuse_sampled=reuse,
             )
             accumulate(sums, mm, 1.0)
             result = guarded_step(model, opt, sched, finite, cfg.max_grad_norm)

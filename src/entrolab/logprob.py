@@ -43,8 +43,17 @@ class _ChunkedLogprobEntropy(torch.autograd.Function):
     """hidden [N, D], weight [V, D], bias [V] | None, targets [N] -> logp [N], entropy [N] (see the module)."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, temperature, chunk_size):
+    def forward(ctx, hidden, weight, bias, targets, temperature, chunk_size, sampled_lse=None, sampled_entropy=None):
         acc = upcast(hidden.new_empty(())).dtype
+        if sampled_lse is not None:  # the sampling pass's lse and entropy: only the targets' logits are needed
+            z = (upcast(hidden) * upcast(weight[targets])).sum(-1)  # [N]
+            if bias is not None:
+                z = z + upcast(bias[targets])
+            lse, entropy = sampled_lse.to(acc), sampled_entropy.to(acc)  # [N] each
+            logp = z / temperature - lse
+            ctx.save_for_backward(hidden, weight, bias, targets, lse, entropy)
+            ctx.temperature, ctx.chunk_size = temperature, chunk_size
+            return logp, entropy.clone()
         logp = hidden.new_empty(hidden.shape[0], dtype=acc)  # [N]
         entropy = torch.empty_like(logp)  # [N]
         lse = torch.empty_like(logp)  # [N]
@@ -112,7 +121,7 @@ class _ChunkedLogprobEntropy(torch.autograd.Function):
             del dz
         grad_w = grad_w.to(weight.dtype) if need_w else None
         grad_b = grad_b.to(bias.dtype) if need_b else None
-        return grad_h, grad_w, grad_b, None, None, None
+        return grad_h, grad_w, grad_b, None, None, None, None, None
 
 
 def chunked_logprob_entropy(
@@ -123,8 +132,17 @@ def chunked_logprob_entropy(
     temperature: float = 1.0,
     bias: torch.Tensor | None = None,
     chunk_size: int = 1024,
+    sampled: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-prob of each target and full entropy of softmax((hidden @ weight^T + bias) / temperature).
+
+    ``sampled``: (lse, entropy) ``[...]`` each, the logsumexp of the tempered logits and the entropy of each
+    position's distribution as the sampling pass computed them at these same weights (``generate(keep_lse=
+    True)``, ``Rollout.entropy``). The forward then skips the LM head over the vocabulary, which is one of the
+    op's four [N, V] products: logp = z[target] - lse, with z[target] = h . W[target] (+ b[target]) / T, and
+    the entropies are those given. The backward is unchanged: it recomputes each chunk's logits from
+    ``hidden`` and uses the given lse and entropy, so the gradient is the same function of the weights; the
+    values differ from a full forward only by how the sampling pass (KV cache) and this forward round fp32.
 
     Args:
         hidden: ``[..., D]`` final hidden states (after the model's last norm), any float dtype.
@@ -155,7 +173,15 @@ def chunked_logprob_entropy(
     lead = targets.shape
     h = hidden.reshape(-1, hidden.shape[-1])  # [N, D]
     y = targets.reshape(-1).long()  # [N]
-    logp, entropy = _ChunkedLogprobEntropy.apply(h, weight, bias, y, float(temperature), int(chunk_size))
+    if sampled is not None:
+        if any(x.shape != lead for x in sampled):
+            raise ValueError(
+                f"sampled (lse, entropy) {[tuple(x.shape) for x in sampled]} must each match targets {tuple(lead)}"
+            )
+        lse, ent = (x.reshape(-1).detach() for x in sampled)
+    else:
+        lse = ent = None
+    logp, entropy = _ChunkedLogprobEntropy.apply(h, weight, bias, y, float(temperature), int(chunk_size), lse, ent)
     return logp.view(lead), entropy.view(lead)
 
 

@@ -219,11 +219,11 @@ def _draw(
     top_p: float,
     generator: torch.Generator | None,
     extras: Mapping[str, Callable[[torch.Tensor], torch.Tensor]],
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """One decode step's draws: next token, its log-prob and the step entropy under softmax(logits / T), and
-    ``extras`` of the tempered logits, block by block of rows (``DRAW_ROWS`` on CPU). The uniforms of all
-    rows are drawn first, in one call, so the blocking does not change the random stream.
-    -> next [n] int64, logp [n], entropy [n], {name: [n]}"""
+    the logsumexp of z = logits / T, and ``extras`` of z, block by block of rows (``DRAW_ROWS`` on CPU). The
+    uniforms of all rows are drawn first, in one call, so the blocking does not change the random stream.
+    -> next [n] int64, logp [n], entropy [n], lse [n], {name: [n]}"""
     n = logits.shape[0]
     u = torch.rand(n, 1, generator=generator, device=logits.device, dtype=torch.float32)  # [n, 1]
     block = DRAW_ROWS if logits.device.type == "cpu" else max(n, 1)
@@ -236,11 +236,13 @@ def _draw(
         nxt = sample_categorical(_top_p_filter(probs, top_p), u=u[i : i + block])
         extra = {k: fn(z).float() for k, fn in extras.items()}
         ent = -(probs * logprobs).sum(-1)
-        parts.append((nxt, logprobs.gather(-1, nxt[:, None])[:, 0], ent, extra))
+        logp = logprobs.gather(-1, nxt[:, None])[:, 0]
+        lse = z.gather(-1, nxt[:, None])[:, 0] - logp  # log sum exp z, as log_softmax had it
+        parts.append((nxt, logp, ent, lse, extra))
     if len(parts) == 1:
         return parts[0]
-    cat = [torch.cat([p[j] for p in parts]) for j in range(3)]
-    return cat[0], cat[1], cat[2], {k: torch.cat([p[3][k] for p in parts]) for k in extras}
+    cat = [torch.cat([p[j] for p in parts]) for j in range(4)]
+    return cat[0], cat[1], cat[2], cat[3], {k: torch.cat([p[4][k] for p in parts]) for k in extras}
 
 
 @torch.no_grad()
@@ -257,20 +259,23 @@ def _sample_chunk(
     generator: torch.Generator | None,
     extras: Mapping[str, Callable[[torch.Tensor], torch.Tensor]],
     stop_ids: Sequence[int] = (),
+    keep_lse: bool = False,
 ) -> Rollout:
     b = prompt_ids.shape[0]
     logits = engine.start(prompt_ids, prompt_mask, max_new_tokens)  # [n, V], n = rows still generating
     dev = prompt_ids.device
     rows = torch.arange(b, device=dev)  # [n] the original rows still generating (those in the cache)
-    ids, logps, ents = [], [], []
+    ids, logps, ents, lses = [], [], [], []
     more: dict[str, list[torch.Tensor]] = {k: [] for k in extras}
     done = torch.zeros(b, dtype=torch.bool, device=dev)
     stops = torch.tensor(sorted({eos_id, *stop_ids}), device=dev)  # tokens that end a row (kept in it)
     for _ in range(max_new_tokens):
-        nxt, logp, ent, extra = _draw(logits, temperature, top_p, generator, extras)  # [n] each
+        nxt, logp, ent, lse, extra = _draw(logits, temperature, top_p, generator, extras)  # [n] each
         ids.append(torch.full((b,), pad_id, dtype=nxt.dtype, device=dev).index_copy(0, rows, nxt))
         logps.append(torch.zeros(b, device=dev).index_copy(0, rows, logp))
         ents.append(torch.zeros(b, device=dev).index_copy(0, rows, ent))
+        if keep_lse:
+            lses.append(torch.zeros(b, device=dev).index_copy(0, rows, lse))
         for k, v in extra.items():
             more[k].append(torch.zeros(b, device=dev).index_copy(0, rows, v))
         finished = torch.isin(nxt, stops)  # [n]
@@ -294,7 +299,8 @@ def _sample_chunk(
         logp=torch.stack(logps, 1),
         entropy=torch.stack(ents, 1),
         truncated=~done,
-        extras={k: torch.stack(v, 1) for k, v in more.items()},
+        extras={k: torch.stack(v, 1) for k, v in more.items()}
+        | ({"sampled_lse": torch.stack(lses, 1)} if keep_lse else {}),
     )
 
 
@@ -311,6 +317,7 @@ def generate(
     batch_size: int = 256,
     extras: Mapping[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
     backend: Backend = "auto",
+    keep_lse: bool = False,
 ) -> Rollout:
     """Sample ``group_size`` completions for each prompt, ``batch_size`` sequences per forward pass.
 
@@ -324,6 +331,9 @@ def generate(
         backend: ``"lean"`` runs ``entrolab.lean`` (each distinct prompt prefilled once, a preallocated KV
             cache; Llama/Qwen2/Mistral only), ``"hf"`` the model's own forward with a ``DynamicCache``,
             ``"auto"`` lean where it applies. Both sample the same distribution.
+        keep_lse: also record log sum_v exp z_v of each step's tempered logits z as ``extras["sampled_lse"]``
+            [B, T] (0 on padding), which lets the update at these same weights skip its LM head's forward
+            (``teacher_forced(sampled=...)``).
     Returns:
         A ``Rollout`` with prompt_ids/prompt_mask ``[B, Tp]`` and response_ids/response_mask/logp/entropy
         ``[B, T]`` (T = the longest completion), truncated ``[B]``.
@@ -353,6 +363,7 @@ def generate(
         batch_size=batch_size,
         extras=extras,
         backend=backend,
+        keep_lse=keep_lse,
     )
 
 
@@ -371,6 +382,7 @@ def generate_ids(
     extras: Mapping[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
     backend: Backend = "auto",
     stop_ids: Sequence[int] = (),
+    keep_lse: bool = False,
 ) -> Rollout:
     """``generate`` from token ids: one completion per row of the left-padded ``ids`` [B, Tp]. A row also ends
     at any of ``stop_ids`` (kept as its last token, like EOS; the row is not ``truncated``): a multi-turn
@@ -397,6 +409,7 @@ def generate_ids(
                     generator=generator,
                     extras=extras or {},
                     stop_ids=stop_ids,
+                    keep_lse=keep_lse,
                 )
             )
     finally:
@@ -450,6 +463,7 @@ def teacher_forced(
     return_logits: bool = False,
     chunk_size: int | None = None,
     backend: Backend = "auto",
+    sampled: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Log-prob of each response token and full entropy of softmax(z / temperature), in one forward pass.
 
@@ -461,6 +475,10 @@ def teacher_forced(
     ``backend`` as in ``generate``: with ``"lean"`` (the ``"auto"`` choice for Llama/Qwen2/Mistral) each
     distinct prompt runs once, padding and each response's last token not at all, and masked positions
     hold 0 (logp, entropy and logits); with ``"hf"`` they hold whatever the model predicts there. Callers mask them.
+    ``sampled``: (lse, entropy) [B, T] of these very responses from the sampling pass at the current weights
+    (``generate(keep_lse=True)``'s ``extras["sampled_lse"]`` and ``Rollout.entropy``): the lean engine's
+    forward then skips the LM head over the vocabulary (``chunked_logprob_entropy(sampled=...)``); other
+    engines, and ``return_logits``, ignore it.
     Differentiable.
     -> logp [B, T], entropy [B, T], tempered logits z [B, T, V] if ``return_logits`` else None
     """
@@ -477,7 +495,9 @@ def teacher_forced(
             full = z.new_zeros(*where.shape, z.shape[-1]).index_put(pos, z)
             return unpack(logprobs_from_logits(z, targets)), unpack(entropy_from_logits(z)), full
         weight, bias = engine.lean.head.weight, engine.lean.head.bias
+        packed = None if sampled is None else (sampled[0][where], sampled[1][where])  # [N] each
     else:
+        packed = None  # (hidden holds padded positions, which the sampling pass has no lse for)
         parts = None if return_logits else lm_head_parts(model)
         if parts is None:
             z = upcast(response_logits(model, prompt_ids, prompt_mask, response_ids, response_mask)) / temperature
@@ -493,6 +513,6 @@ def teacher_forced(
 
     chunk_size = chunk_size or max(1, min(1024, 2**26 // weight.shape[0]))
     logp, entropy = chunked_logprob_entropy(
-        hidden, weight, targets, temperature=temperature, bias=bias, chunk_size=chunk_size
+        hidden, weight, targets, temperature=temperature, bias=bias, chunk_size=chunk_size, sampled=packed
     )
     return unpack(logp), unpack(entropy), None

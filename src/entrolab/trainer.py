@@ -41,7 +41,14 @@ from entrolab.diagnostics import entropy_change_prediction
 from entrolab.episodes import episodes
 from entrolab.evaluate import decode_completions, evaluate
 from entrolab.jsonio import append_jsonl, truncate_after, write_json_atomic
-from entrolab.learner import ROLLOUT_EXTRAS, lr_factor, ppo_update, probe_entropy_change, reference_logp
+from entrolab.learner import (
+    ROLLOUT_EXTRAS,
+    SAMPLED_LSE,
+    lr_factor,
+    ppo_update,
+    probe_entropy_change,
+    reference_logp,
+)
 from entrolab.models import load_policy, save_policy
 from entrolab.prm_update import prm_step
 from entrolab.progress import Progress
@@ -240,6 +247,8 @@ def _loop(cfg, run, resume, model, tokenizer, others, task, methods, pool, log) 
             if estimator is not None:  # SPA reads its estimator on the hidden states at each step's end
                 model_needs |= {"hidden_states", "step_ids"}
             answers: dict[str, int] = {}  # answer_ids of the step, shared across the samplers' rounds
+            # the update's first minibatch runs at the sampling weights: it can reuse the sampling pass's lse
+            reuse_lse = cfg.reuse_sampling_pass and cfg.env is None and "rollout_logp" not in step_methods.needs
             env_metrics: dict[str, float] = {}
 
             def draw(
@@ -249,6 +258,7 @@ def _loop(cfg, run, resume, model, tokenizer, others, task, methods, pool, log) 
                 answers=answers,
                 refs=refs,
                 env_metrics=env_metrics,
+                reuse_lse=reuse_lse,
             ):
                 t_draw = time.perf_counter()
                 examples = prompts_at(task, cfg.seed, s["position"], cfg.prompts_per_step)
@@ -277,6 +287,7 @@ def _loop(cfg, run, resume, model, tokenizer, others, task, methods, pool, log) 
                         generator=gen,
                         extras=extras,
                         backend=cfg.backend,
+                        keep_lse=reuse_lse,
                     )
                     t_score = time.perf_counter()
                     texts = decode_completions(tokenizer, rollout)
@@ -345,6 +356,7 @@ def _loop(cfg, run, resume, model, tokenizer, others, task, methods, pool, log) 
                     file=sys.stderr,
                 )
             batch = scored_batch(rollout, scores, cfg.group_size)
+            sampled_lse = batch.extras.pop(SAMPLED_LSE, None)  # for this step's update only (never replayed)
             inputs = {**run_inputs, **got}
             raw, rewards, sm = shape_rewards(step_methods, batch, scores, cfg.response_budget, inputs)  # [B]
             m.update(sm)
@@ -393,7 +405,7 @@ def _loop(cfg, run, resume, model, tokenizer, others, task, methods, pool, log) 
             m.update(sm)
             model.train()
             um, grad_norms, s["streak"], warns = ppo_update(
-                model, opt, sched, step_methods, batch, cfg, gen, s["streak"], step
+                model, opt, sched, step_methods, batch, cfg, gen, s["streak"], step, sampled_lse=sampled_lse
             )
             m.update(um)
             if replay is not None:  # SPEAR: the replayed episodes' loss, weighted by gamma(k), in steps of its own

@@ -83,6 +83,8 @@ class _ChunkedLogprobEntropy(torch.autograd.Function):
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         acc = lse.dtype
         grad_logp = torch.zeros_like(lse) if grad_logp is None else grad_logp.to(acc)  # [N]
+        # without an entropy gradient (the usual policy loss) dz is -g p + g onehot: three [C, V] passes fewer
+        with_entropy = grad_entropy is not None and bool(grad_entropy.any())
         grad_entropy = torch.zeros_like(lse) if grad_entropy is None else grad_entropy.to(acc)  # [N]
         grad_h = hidden.new_empty(hidden.shape) if need_h else None  # [N, D], contiguous
         grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None  # [V, D]
@@ -100,10 +102,13 @@ class _ChunkedLogprobEntropy(torch.autograd.Function):
         ):
             logq = _chunk_logits(h, weight, bias, ctx.temperature)  # [C, V]
             logq.sub_(ls.unsqueeze(-1))  # log p
-            p = logq.exp()  # [C, V]
-            # dL/dz = -p * (g + e * (log p + H)) + g * onehot, built in place in the log p buffer
-            dz = logq.add_(ent.unsqueeze(-1)).mul_(e.unsqueeze(-1)).add_(g.unsqueeze(-1)).mul_(p).neg_()
-            del p
+            if with_entropy:
+                p = logq.exp()  # [C, V]
+                # dL/dz = -p * (g + e * (log p + H)) + g * onehot, built in place in the log p buffer
+                dz = logq.add_(ent.unsqueeze(-1)).mul_(e.unsqueeze(-1)).add_(g.unsqueeze(-1)).mul_(p).neg_()
+                del p
+            else:  # the same numbers (e = 0 adds exactly 0), in place: p, then -g p
+                dz = logq.exp_().mul_(g.neg().unsqueeze(-1))
             dz.scatter_add_(-1, y.unsqueeze(-1), g.unsqueeze(-1))
             if ctx.temperature != 1.0:
                 dz.div_(ctx.temperature)  # dL/d(h W^T + b)

@@ -112,54 +112,32 @@ def spy_reuse(monkeypatch) -> list[bool]:
     return seen
 
 
+def one_step(tiny_dir, out, preset: str = "grpo", **kw) -> None:
+    """One training step of the tiny model (arithmetic, a digits reward unless an environment scores)."""
+    kw = {"reward_fn": "tests.fault_fns:digits", **kw} if "env" not in kw else kw
+    cfg = small_cfg(tiny_dir, out, base=base_config(preset), steps=1, entropy_probe=0, **kw)
+    train(cfg, log=lambda *a: None)
+
+
 @pytest.mark.parametrize(("ppo_epochs", "minibatches", "want"), [(1, 1, [True]), (2, 2, [True, False, False, False])])
 def test_the_trainer_reuses_on_the_first_minibatch_of_the_first_epoch_only(
     tiny_dir, tmp_path, monkeypatch, ppo_epochs, minibatches, want
 ):
     seen = spy_reuse(monkeypatch)
-    cfg = small_cfg(
-        tiny_dir,
-        tmp_path / "run",
-        base=base_config("grpo"),
-        steps=1,
-        ppo_epochs=ppo_epochs,
-        minibatches=minibatches,
-        reward_fn="tests.fault_fns:digits",
-        entropy_probe=0,
-    )
-    train(cfg, log=lambda *a: None)
+    one_step(tiny_dir, tmp_path / "run", ppo_epochs=ppo_epochs, minibatches=minibatches)
     assert seen == want
 
 
 def test_switched_off_or_with_rollout_correction_nothing_is_reused(tiny_dir, tmp_path, monkeypatch):
     seen = spy_reuse(monkeypatch)
-    for i, (preset, kw) in enumerate([("grpo", {"reuse_sampling_pass": False}), ("rollout_is", {})]):
-        cfg = small_cfg(
-            tiny_dir,
-            tmp_path / f"run{i}",
-            base=base_config(preset),
-            steps=1,
-            reward_fn="tests.fault_fns:digits",
-            entropy_probe=0,
-            **kw,
-        )
-        train(cfg, log=lambda *a: None)
+    one_step(tiny_dir, tmp_path / "off", reuse_sampling_pass=False)
+    one_step(tiny_dir, tmp_path / "rollout_is", "rollout_is")
     assert seen and not any(seen)
 
 
 def test_multi_turn_episodes_are_not_reused(tiny_dir, tmp_path, monkeypatch):
     seen = spy_reuse(monkeypatch)
-    cfg = small_cfg(
-        tiny_dir,
-        tmp_path / "run",
-        base=base_config("grpo"),
-        steps=1,
-        env="lookup",
-        turn_tokens=6,
-        episode_tokens=40,
-        entropy_probe=0,
-    )
-    train(cfg, log=lambda *a: None)
+    one_step(tiny_dir, tmp_path / "run", env="lookup", turn_tokens=6, episode_tokens=40)
     assert seen and not any(seen)
 
 

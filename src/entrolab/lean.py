@@ -261,11 +261,11 @@ class LeanDecoder:
         """The LM head for sampling (no grad): ``logits``, computed as (W x^T)^T for a few rows on CPU.
 
         A decode step's last rows (the longest completions, the tail of every rollout) are few against a
-        large vocabulary. On CPU, x W^T (``F.linear``) then costs 35-60 ms a call at V = 151,936, D = 320 and
-        n = 2..16 rows on 2 AVX2 cores, as if it re-packed all of W each time, while W x^T streams W once
-        (10-35 ms); from 32 rows on the two are level within this machine's noise
-        (``benchmarks/results/vs_trl_real.md``). One row is doubled: the 2-column product is ~2.5x faster than
-        the matrix-vector kernel. The same values up to fp32 summation order. Heads under 2**20 entries,
+        large vocabulary. On CPU, x W^T (``F.linear``) then costs 33-65 ms a call at V = 151,936, D = 320 and
+        n = 1..16 rows on 2 AVX2 cores, as if it re-packed all of W each time, while W x^T streams W once
+        (11-43 ms; 1.1-5x faster); from 32 rows on ``F.linear`` is as fast or faster
+        (``benchmarks/results/real_shape_parts.md``). One row is doubled: the 2-column product is ~2.5x faster
+        than the matrix-vector kernel. The same values up to fp32 summation order. Heads under 2**20 entries,
         which stay in cache, and other devices keep ``F.linear``.  [n, D] -> [n, V]
         """
         w, b = self.head.weight, self.head.bias

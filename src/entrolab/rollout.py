@@ -208,9 +208,9 @@ def _engine(model, backend: Backend) -> _HFEngine | _LeanEngine:
 
 DRAW_ROWS = 8
 """Rows per block of a decode step's sampling arithmetic on CPU: 8 rows of fp32 logits over V = 151,936 are
-4.9 MB, which stay in cache across the softmax, cumsum and entropy passes; 33-64 rows (up to 39 MB) do not,
-and the same passes then took 28-38 ms a step against 17-18 ms blocked (``benchmarks/results/vs_trl_real.md``).
-Per-row results do not depend on the blocking (the golden runs are bit-identical)."""
+4.9 MB, which stay in cache across the softmax, cumsum and entropy passes; 64 rows (39 MB) do not, and the
+same passes then take ~3.8x as long as in blocks (``benchmarks/results/real_shape_parts.md``). Per-row results
+do not depend on the blocking (the golden runs are bit-identical)."""
 
 
 def _draw(

@@ -340,6 +340,7 @@ def test_lean_and_hf_sampling_draw_the_same_tokens_from_one_seed(decode, monkeyp
     if decode != "plain":
         decode_head_on(monkeypatch)
         monkeypatch.setattr("entrolab.rollout.DRAW_ROWS", 2)
+        monkeypatch.setattr("entrolab.rollout.DRAW_BLOCK_ENTRIES", 0)
     model = eos_prone(build("qwen2"), bias=3.5).double()
     kw = dict(group_size=3, max_new_tokens=12, temperature=0.7, top_p=0.9, batch_size=5)  # two chunks
     a = generate(model, TOK, PROMPTS, generator=torch.Generator().manual_seed(2), backend="lean", **kw)
@@ -372,6 +373,7 @@ def test_blocked_draws_equal_one_block_bit_for_bit(monkeypatch):
     logits = torch.randn(11, VOCAB, generator=torch.Generator().manual_seed(0)) * 3
     extras = {"max": lambda z: z.amax(-1)}
     outs = []
+    monkeypatch.setattr("entrolab.rollout.DRAW_BLOCK_ENTRIES", 0)
     for block in (1000, 4, 1):
         monkeypatch.setattr("entrolab.rollout.DRAW_ROWS", block)
         outs.append(_draw(logits, 0.7, 0.95, torch.Generator().manual_seed(3), extras))

@@ -210,7 +210,9 @@ DRAW_ROWS = 8
 """Rows per block of a decode step's sampling arithmetic on CPU: 8 rows of fp32 logits over V = 151,936 are
 4.9 MB, which stay in cache across the softmax, cumsum and entropy passes; 64 rows (39 MB) do not, and the
 same passes then take ~3.8x as long as in blocks (``benchmarks/results/real_shape_parts.md``). Per-row results
-do not depend on the blocking (the golden runs are bit-identical)."""
+do not depend on the blocking (the golden runs are bit-identical). A block holds at least ``DRAW_BLOCK_ENTRIES``
+logits, so a small vocabulary is one block (blocks of 8 rows of a 100-entry vocabulary would only add calls)."""
+DRAW_BLOCK_ENTRIES = 2**20
 
 
 def _draw(
@@ -226,7 +228,7 @@ def _draw(
     -> next [n] int64, logp [n], entropy [n], lse [n], {name: [n]}"""
     n = logits.shape[0]
     u = torch.rand(n, 1, generator=generator, device=logits.device, dtype=torch.float32)  # [n, 1]
-    block = DRAW_ROWS if logits.device.type == "cpu" else max(n, 1)
+    block = max(DRAW_ROWS, DRAW_BLOCK_ENTRIES // logits.shape[-1]) if logits.device.type == "cpu" else max(n, 1)
     parts = []
     for i in range(0, n, block):
         z = logits[i : i + block].float()

@@ -18,7 +18,7 @@ from entrolab.batch import TokenBatch
 from entrolab.kinds import Backend
 from entrolab.methods.optimal_baseline import sum_pi_sq_from_logits
 from entrolab.ops import discriminator_baseline_from_logits, masked_mean
-from entrolab.rollout import teacher_forced
+from entrolab.rollout import SAMPLED_LSE, teacher_forced
 from entrolab.update import (
     Counts,
     Methods,
@@ -44,11 +44,6 @@ def lr_factor(opt_step: int, total: int, warmup_steps: int, schedule: str) -> fl
     if schedule == "linear":
         return 1.0 - progress
     return 1.0
-
-
-SAMPLED_LSE = "sampled_lse"
-"""``TokenBatch.extras`` key of the sampling pass's logsumexp [B, T] (``generate(keep_lse=True)``); the trainer
-hands it to ``ppo_update`` alone, for the one minibatch that runs at the sampling weights."""
 
 
 def forward(

@@ -206,6 +206,9 @@ def _engine(model, backend: Backend) -> _HFEngine | _LeanEngine:
     return _LeanEngine(lean) if lean is not None else _HFEngine(model)
 
 
+SAMPLED_LSE = "sampled_lse"
+"""``Rollout.extras`` key of the sampling pass's logsumexp [B, T] (``generate(keep_lse=True)``)."""
+
 DRAW_ROWS = 8
 """Rows per block of a decode step's sampling arithmetic on CPU: 8 rows of fp32 logits over V = 151,936 are
 4.9 MB, which stay in cache across the softmax, cumsum and entropy passes; 64 rows (39 MB) do not, and the
@@ -302,7 +305,7 @@ def _sample_chunk(
         entropy=torch.stack(ents, 1),
         truncated=~done,
         extras={k: torch.stack(v, 1) for k, v in more.items()}
-        | ({"sampled_lse": torch.stack(lses, 1)} if keep_lse else {}),
+        | ({SAMPLED_LSE: torch.stack(lses, 1)} if keep_lse else {}),
     )
 
 
